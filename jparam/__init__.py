@@ -1,0 +1,71 @@
+"""jparam: PyTorch's Parameter and Module API as immutable JAX pytrees.
+
+::
+
+    import jparam as jp
+
+    class ColorAdjust(jp.Module):
+        color_matrix: jp.Parameter
+        color_bias: jp.Parameter
+
+        def __init__(self):
+            self.color_matrix = jp.Parameter(jnp.eye(3))
+            self.color_bias = jp.Parameter(jnp.zeros(3))
+
+        def __call__(self, x):
+            return x @ self.color_matrix + self.color_bias
+"""
+
+from . import init
+from .filters import Filter, as_filter, frozen, is_buffer, is_parameter, name, trainable
+from .module import Module, field
+from .parameter import Buffer, Parameter, to_array
+from .partition import merge, split
+from .paths import (
+    buffers,
+    map_variables,
+    named_buffers,
+    named_modules,
+    named_parameters,
+    parameters,
+    path_name,
+)
+from .precision import astype, to
+from .state import IncompatibleKeys, StateDictError, load_state_dict, state_dict
+from .summary import summary
+from .surgery import at
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Buffer",
+    "Filter",
+    "IncompatibleKeys",
+    "Module",
+    "Parameter",
+    "StateDictError",
+    "as_filter",
+    "astype",
+    "at",
+    "buffers",
+    "field",
+    "frozen",
+    "init",
+    "is_buffer",
+    "is_parameter",
+    "load_state_dict",
+    "map_variables",
+    "merge",
+    "name",
+    "named_buffers",
+    "named_modules",
+    "named_parameters",
+    "parameters",
+    "path_name",
+    "split",
+    "state_dict",
+    "summary",
+    "to",
+    "to_array",
+    "trainable",
+]

@@ -1,0 +1,359 @@
+"""`Parameter` and `Buffer`: arrays that carry trainable/frozen flags and user metadata.
+
+Both are pytree nodes with exactly one child, the array, and static metadata that lives in the
+treedef. So ``jax.jit`` retraces when a trainable flag or metadata changes, never when only the
+value changes, and ``jax.grad``/``optax`` see the array straight through.
+
+Example::
+
+    w = jp.Parameter(jnp.eye(3))                    # trainable by default
+    b = jp.Parameter(jnp.zeros(3), trainable=False, axes=("embed",))
+    y = x @ w + b                                   # behaves like an array
+    w2 = w.freeze()                                 # new object; `w` is unchanged
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import tree_util
+
+__all__ = ["Buffer", "Parameter", "to_array"]
+
+_new = object.__new__
+_VALUE_KEY = (tree_util.GetAttrKey("value"),)
+
+# Metadata is interned so equal metadata is the same object: treedef equality (done on every
+# jit cache lookup) then short-circuits on identity instead of comparing item by item.
+_INTERNED: dict[tuple, tuple] = {}
+
+
+def _intern_meta(trainable: bool | None, metadata: Mapping[str, Any]) -> tuple:
+    for name, val in metadata.items():
+        if not isinstance(val, Hashable):
+            raise TypeError(
+                f"metadata {name}={val!r} is not hashable; metadata lives in the pytree "
+                "structure and must be hashable (use a tuple instead of a list, "
+                "a frozenset instead of a set)."
+            )
+    meta = (trainable, tuple(sorted(metadata.items())))
+    try:
+        return _INTERNED.setdefault(meta, meta)
+    except TypeError as e:  # hashable type whose instance still refuses to hash
+        raise TypeError(f"metadata {dict(metadata)!r} is not hashable: {e}") from None
+
+
+def _is_numeric_dtype(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__module__}.{type(value).__qualname__}"
+
+
+def _torch_to_numpy(value: Any) -> np.ndarray | None:
+    """Converts a torch tensor (bfloat16 included) to NumPy without importing torch."""
+    if type(value).__module__.split(".")[0] != "torch" or not hasattr(value, "detach"):
+        return None
+    value = value.detach().cpu()
+    if str(value.dtype) == "torch.bfloat16":
+        # NumPy has no bfloat16; widening to float32 and narrowing back is exact.
+        return np.asarray(value.float().numpy()).astype(jnp.bfloat16)
+    return value.numpy()
+
+
+def to_array(value: Any, *, what: str = "value") -> Any:
+    """Converts ``value`` to a JAX array, refusing anything that is not numeric array data.
+
+    Accepts JAX arrays (tracers included), NumPy arrays and scalars, Python numbers and bools,
+    ``jax.ShapeDtypeStruct`` (abstract values) and anything with ``__array__`` or
+    ``__jax_array__`` (a PyTorch tensor, bfloat16 too). Strings, ``None`` and other objects raise
+    ``TypeError``. ``what`` names the value in the error message.
+    """
+    if isinstance(value, _Variable):
+        return value.value
+    if isinstance(value, (jax.Array, jax.ShapeDtypeStruct)):
+        return value
+    if isinstance(value, (bool, int, float, complex, np.ndarray, np.generic)):
+        arr = np.asarray(value)
+    elif hasattr(value, "__jax_array__"):
+        return to_array(value.__jax_array__(), what=what)
+    elif (torch_arr := _torch_to_numpy(value)) is not None:
+        arr = torch_arr
+    elif hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
+        arr = np.asarray(value)
+    else:
+        raise TypeError(
+            f"{what} must be an array (jax.Array, numpy.ndarray, Python number or anything "
+            f"with __array__), got {_describe(value)}: {value!r:.80}"
+        )
+    if not _is_numeric_dtype(arr.dtype):
+        raise TypeError(f"{what} must hold numbers or bools, got an array of dtype {arr.dtype}")
+    return jnp.asarray(arr)
+
+
+_SHORT_DTYPE = {"float": "f", "bfloat": "bf", "int": "i", "uint": "u", "complex": "c"}
+
+
+def dtype_shape(x: Any) -> str:
+    """``f32[3,3]``: a compact dtype and shape for anything with ``.dtype`` and ``.shape``."""
+    dt = jnp.dtype(x.dtype)
+    kind = dt.name.rstrip("0123456789")
+    name = _SHORT_DTYPE[kind] + dt.name[len(kind) :] if kind in _SHORT_DTYPE else dt.name
+    return f"{name}[{','.join(map(str, x.shape))}]"
+
+
+def _unwrap(x: Any) -> Any:
+    return x.value if isinstance(x, _Variable) else x
+
+
+def _binary(op):
+    def forward(self, other):
+        return op(self.value, _unwrap(other))
+
+    def reverse(self, other):
+        return op(_unwrap(other), self.value)
+
+    return forward, reverse
+
+
+def _flatten(v: Any):
+    return (v.value,), v._meta
+
+
+def _flatten_with_keys(v: Any):
+    return ((_VALUE_KEY[0], v.value),), v._meta
+
+
+def _register(cls: type) -> None:
+    def unflatten(meta, children, _cls=cls):
+        out = _new(_cls)
+        (out.value,) = children
+        out._meta = meta
+        return out
+
+    tree_util.register_pytree_with_keys(cls, _flatten_with_keys, unflatten, flatten_func=_flatten)
+
+
+class _Variable:
+    """Array behaviour shared by `Parameter` and `Buffer` (not public: subclass those)."""
+
+    __slots__ = ("_meta", "value")
+    value: Any
+    _meta: tuple
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register(cls)  # every subclass is a pytree node too
+
+    # -- metadata -------------------------------------------------------------------------
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """User metadata (a fresh dict: editing it changes nothing; use `replace`)."""
+        return dict(self._meta[1])
+
+    def replace(self, value: Any = None, **changes: Any) -> Any:
+        """Returns a copy with ``value`` and/or metadata entries changed."""
+        out = _new(type(self))
+        out.value = self.value if value is None else to_array(value, what="replace(value=...)")
+        if changes:
+            out._meta = self._rebuild_meta(changes)
+        else:
+            out._meta = self._meta
+        return out
+
+    def _rebuild_meta(self, changes: dict[str, Any]) -> tuple:
+        merged = dict(self._meta[1])
+        merged.update(changes)
+        return _intern_meta(self._meta[0], merged)
+
+    def astype(self, dtype: Any) -> Any:
+        """Returns a copy whose value is cast to ``dtype`` (metadata kept)."""
+        return self.replace(jnp.asarray(self.value).astype(dtype))
+
+    # -- array behaviour --------------------------------------------------------------------
+    def __jax_array__(self) -> jax.Array:
+        return self.value
+
+    def __array__(self, dtype=None, copy=None):
+        arr = np.asarray(self.value)
+        return arr if dtype is None else arr.astype(dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
+    @property
+    def dtype(self) -> Any:
+        return self.value.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.value.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.value.shape, dtype=np.int64))
+
+    @property
+    def T(self) -> jax.Array:
+        return jnp.asarray(self.value).T
+
+    @property
+    def mT(self) -> jax.Array:
+        return jnp.asarray(self.value).mT
+
+    def __getattr__(self, name: str) -> Any:
+        # Array methods (.sum(), .reshape(), .at, ...) are forwarded to the value.
+        if name.startswith("_") or name == "value":
+            raise AttributeError(name)
+        try:
+            value = object.__getattribute__(self, "value")
+        except AttributeError:
+            raise AttributeError(name) from None
+        return getattr(value, name)
+
+    def __getitem__(self, index):
+        return self.value[_unwrap(index)]
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __iter__(self):
+        return iter(self.value)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+    def __int__(self) -> int:
+        return int(self.value)
+
+    def __index__(self) -> int:
+        return operator.index(self.value)
+
+    def __complex__(self) -> complex:
+        return complex(self.value)
+
+    def __neg__(self):
+        return -self.value
+
+    def __pos__(self):
+        return +self.value
+
+    def __abs__(self):
+        return abs(self.value)
+
+    def __invert__(self):
+        return ~self.value
+
+    __add__, __radd__ = _binary(operator.add)
+    __sub__, __rsub__ = _binary(operator.sub)
+    __mul__, __rmul__ = _binary(operator.mul)
+    __matmul__, __rmatmul__ = _binary(operator.matmul)
+    __truediv__, __rtruediv__ = _binary(operator.truediv)
+    __floordiv__, __rfloordiv__ = _binary(operator.floordiv)
+    __mod__, __rmod__ = _binary(operator.mod)
+    __pow__, __rpow__ = _binary(operator.pow)
+    __and__, __rand__ = _binary(operator.and_)
+    __or__, __ror__ = _binary(operator.or_)
+    __xor__, __rxor__ = _binary(operator.xor)
+    __lshift__, __rlshift__ = _binary(operator.lshift)
+    __rshift__, __rrshift__ = _binary(operator.rshift)
+    __lt__ = _binary(operator.lt)[0]
+    __le__ = _binary(operator.le)[0]
+    __gt__ = _binary(operator.gt)[0]
+    __ge__ = _binary(operator.ge)[0]
+    __eq__ = _binary(operator.eq)[0]
+    __ne__ = _binary(operator.ne)[0]
+    __hash__ = None  # elementwise __eq__, like arrays
+
+    def _value_repr(self) -> str:
+        try:
+            return dtype_shape(self.value)
+        except (AttributeError, TypeError):
+            return repr(self.value)
+
+    def _meta_repr(self) -> str:
+        return "".join(f", {k}={v!r}" for k, v in self._meta[1])
+
+
+class Parameter(_Variable):
+    """A trainable (or frozen) array, the unit that gradients, optimizers and names see.
+
+    ``Parameter(value, *, trainable=True, **metadata)``: ``value`` is converted to a JAX array
+    (strings, ``None`` and other objects raise ``TypeError``). ``metadata`` is free-form and
+    hashable (e.g. ``axes=("embed", "mlp")``, ``weight_decay=False``, ``lr_scale=0.1``); it and
+    the trainable flag are static, so changing them retraces a jitted function.
+
+    New versions come from methods, never mutation: ``replace``, ``freeze``, ``unfreeze``,
+    ``astype``.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, value: Any, *, trainable: bool = True, **metadata: Any) -> None:
+        if not isinstance(trainable, (bool, np.bool_)):
+            raise TypeError(f"trainable must be a bool, got {trainable!r}")
+        self.value = to_array(value, what="Parameter value")
+        self._meta = _intern_meta(bool(trainable), metadata)
+
+    @property
+    def trainable(self) -> bool:
+        """Whether gradients and optimizers see this parameter."""
+        return self._meta[0]
+
+    requires_grad = trainable  # PyTorch's name
+
+    def replace(self, value: Any = None, *, trainable: bool | None = None, **metadata: Any):
+        """Returns a copy with the value, the trainable flag and/or metadata entries changed."""
+        out = super().replace(value, **metadata)
+        if trainable is not None and trainable != out._meta[0]:
+            out._meta = _intern_meta(bool(trainable), dict(out._meta[1]))
+        return out
+
+    def freeze(self) -> Parameter:
+        """Returns a frozen copy (no gradient, no optimizer state)."""
+        return self.replace(trainable=False)
+
+    def unfreeze(self) -> Parameter:
+        """Returns a trainable copy."""
+        return self.replace(trainable=True)
+
+    def requires_grad_(self, requires_grad: bool = True) -> Parameter:
+        """PyTorch's spelling of `freeze`/`unfreeze`; returns a copy (nothing is mutated)."""
+        return self.replace(trainable=requires_grad)
+
+    def __repr__(self) -> str:
+        frozen = "" if self.trainable else ", trainable=False"
+        return f"{type(self).__name__}({self._value_repr()}{frozen}{self._meta_repr()})"
+
+
+class Buffer(_Variable):
+    """A non-trainable array that belongs to the model's state (e.g. BatchNorm running stats).
+
+    Buffers are saved in ``state_dict`` and moved by ``to``/``astype`` like parameters, but
+    gradients and optimizers never touch them. Update them by returning a new module from the
+    forward pass (see `jparam.nn.BatchNorm2d`).
+    """
+
+    __slots__ = ()
+
+    def __init__(self, value: Any, **metadata: Any) -> None:
+        self.value = to_array(value, what="Buffer value")
+        self._meta = _intern_meta(None, metadata)
+
+    @property
+    def persistent(self) -> bool:
+        """Whether `state_dict` includes this buffer (``Buffer(x, persistent=False)``)."""
+        return dict(self._meta[1]).get("persistent", True)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._value_repr()}{self._meta_repr()})"

@@ -1,0 +1,131 @@
+"""Readable text for modules: the nested ``repr`` and the ``summary()`` table.
+
+Arrays print as ``f32[32,16]``, never their contents. Runs of identical items in a list (the
+48 blocks of a deep transformer) print once with a count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from .module import Module
+from .parameter import Parameter, _Variable, dtype_shape
+from .paths import walk
+
+__all__ = ["module_repr", "summary"]
+
+_WIDTH = 100
+
+
+def _fold(items: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(items):
+        j = i
+        while j + 1 < len(items) and items[j + 1] == items[i]:
+            j += 1
+        count = j - i + 1
+        out.append(items[i] if count == 1 else f"{count} x {items[i]}")
+        i = j + 1
+    return out
+
+
+def _wrap(open_: str, items: list[str], close: str, indent: int) -> str:
+    one_line = open_ + ", ".join(items) + close
+    if "\n" not in one_line and len(one_line) + 2 * indent <= _WIDTH:
+        return one_line
+    pad = "  " * (indent + 1)
+    body = "".join(f"{pad}{item},\n" for item in items)
+    return f"{open_}\n{body}{'  ' * indent}{close}"
+
+
+def _fmt(x: Any, indent: int) -> str:
+    if isinstance(x, Module):
+        return _module(x, indent)
+    if isinstance(x, _Variable):
+        return repr(x)
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        try:
+            return dtype_shape(x)
+        except TypeError:
+            pass
+    if type(x) in (list, tuple):
+        items = _fold([_fmt(i, indent + 1) for i in x])
+        return _wrap(
+            "[" if type(x) is list else "(", items, "]" if type(x) is list else ")", indent
+        )
+    if isinstance(x, dict):
+        items = [f"{k!r}: {_fmt(v, indent + 1)}" for k, v in x.items()]
+        return _wrap("{", items, "}", indent)
+    if callable(x) and hasattr(x, "__name__"):
+        return x.__name__
+    return repr(x)
+
+
+def _module(m: Module, indent: int) -> str:
+    items = [f"{f.name}={_fmt(m.__dict__[f.name], indent + 1)}" for f in dataclasses.fields(m)]
+    if not m.training:
+        items.append("training=False")
+    return _wrap(f"{type(m).__name__}(", items, ")", indent)
+
+
+def module_repr(m: Module) -> str:
+    """The nested repr of a module: fields with shapes and dtypes, not array contents."""
+    return _module(m, 0)
+
+
+def _count(x: Any) -> int:
+    return int(np.prod(x.shape, dtype=np.int64))
+
+
+def _bytes(x: Any) -> int:
+    return _count(x) * jnp.dtype(x.dtype).itemsize
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def summary(tree: Any) -> str:
+    """A table of every parameter and buffer (shared ones once) with totals."""
+    rows = []
+    seen: set[int] = set()
+    totals = {"trainable": 0, "frozen": 0, "buffer": 0}
+    size = 0
+    for name, node in walk(tree):
+        if not isinstance(node, _Variable) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, Parameter):
+            kind = "yes" if node.trainable else "frozen"
+            totals["trainable" if node.trainable else "frozen"] += _count(node)
+        else:
+            kind = "buffer"
+            totals["buffer"] += _count(node)
+        size += _bytes(node)
+        shape = "(" + ", ".join(map(str, node.shape)) + ("," if len(node.shape) == 1 else "") + ")"
+        rows.append((name, shape, str(jnp.dtype(node.dtype)), kind, f"{_count(node):,}"))
+    header = ("name", "shape", "dtype", "trainable", "count")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    aligns = ["<", "<", "<", "<", ">"]
+
+    def line(r):
+        return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, aligns, widths)).rstrip()
+
+    rule = "-" * len(line(header))
+    total = totals["trainable"] + totals["frozen"]
+    out = [line(header), rule, *(line(r) for r in rows), rule]
+    out.append(
+        f"parameters: {total:,} (trainable {totals['trainable']:,}, frozen {totals['frozen']:,})"
+        f"   buffers: {totals['buffer']:,}   size: {_human(size)}"
+    )
+    title = type(tree).__name__
+    return f"{title}\n" + "\n".join(out)

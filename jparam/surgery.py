@@ -1,0 +1,179 @@
+"""Functional tree surgery by name: ``jp.at(model, "blocks.3.mlp").set(new_mlp)``.
+
+Nothing is mutated: each call returns a new tree that shares every untouched part with the old
+one. ``__init__`` is never re-run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
+
+from jax import tree_util
+
+from .filters import Filter, as_filter, glob_matches
+from .module import Module
+from .parameter import Parameter, _Variable
+from .paths import children, map_variables, walk
+
+__all__ = ["at"]
+
+T = TypeVar("T")
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _child_index(node: Any, seg: str) -> Any:
+    """The index/key/field under which ``node`` holds the child named ``seg``, or raise."""
+    if isinstance(node, Module):
+        if seg in type(node)._jp_dynamic:
+            return seg
+    elif type(node) in (list, tuple):
+        if seg.isdigit() and int(seg) < len(node):
+            return int(seg)
+    elif isinstance(node, dict):
+        if seg in node:
+            return seg
+        for k in node:
+            if str(k) == seg:
+                return k
+    elif any(name == seg for name, _ in children(node)):
+        return seg
+    raise KeyError(seg)
+
+
+def _replace_child(node: Any, index: Any, value: Any) -> Any:
+    if isinstance(node, Module):
+        return node._copy_with({index: value})
+    if type(node) in (list, tuple):
+        items = list(node)
+        items[index] = value
+        return type(node)(items)
+    if isinstance(node, dict):
+        out = type(node)(node) if type(node) is not dict else dict(node)
+        out[index] = value
+        return out
+    flat, treedef = tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
+    names = [name for name, _ in children(node)]
+    flat[names.index(index)] = value
+    return treedef.unflatten(flat)
+
+
+def _get_child(node: Any, index: Any, seg: str) -> Any:
+    if isinstance(node, Module):
+        return node.__dict__[index]
+    if type(node) in (list, tuple) or isinstance(node, dict):
+        return node[index]
+    return dict(children(node))[seg]
+
+
+def _locate(node: Any, segs: list[str], depth: int, full: str) -> Any:
+    try:
+        return _child_index(node, segs[depth])
+    except KeyError:
+        where = ".".join(segs[:depth]) or "the root"
+        have = [name for name, _ in children(node)]
+        raise KeyError(
+            f"no {segs[depth]!r} in {where} while resolving {full!r}; "
+            f"{type(node).__name__} there has: {', '.join(have) or 'no children'}"
+        ) from None
+
+
+def _get(tree: Any, full: str) -> Any:
+    segs = full.split(".")
+    node = tree
+    for depth, seg in enumerate(segs):
+        node = _get_child(node, _locate(node, segs, depth, full), seg)
+    return node
+
+
+def _update(node: Any, segs: list[str], fn: Callable[[Any], Any], full: str, depth: int = 0):
+    if depth == len(segs):
+        return fn(node)
+    index = _locate(node, segs, depth, full)
+    child = _get_child(node, index, segs[depth])
+    return _replace_child(node, index, _update(child, segs, fn, full, depth + 1))
+
+
+def _resolve(tree: Any, where: str | Filter) -> list[str]:
+    """The names selected by an exact name, a glob or a filter (raises if none)."""
+    if isinstance(where, str) and not (_GLOB_CHARS & set(where)):
+        return [where]
+    if isinstance(where, str):
+        names = [n for n, _ in walk(tree) if n and glob_matches(where, n)]
+        # Keep the outermost matches: setting "blocks.*" should not also visit its insides.
+        names = [n for n in names if not any(n.startswith(m + ".") for m in names)]
+    else:
+        f = as_filter(where)
+        names = [n for n, node in walk(tree) if n and f.matches(n, node)]
+    if not names:
+        raise KeyError(f"jp.at: {where!r} selects nothing in this {type(tree).__name__}")
+    return list(dict.fromkeys(names))
+
+
+def _assign(old: Any, new: Any) -> Any:
+    # A raw array assigned where a Parameter/Buffer was keeps the flag and metadata.
+    if isinstance(old, _Variable) and not isinstance(new, _Variable):
+        return old.replace(new)
+    return new
+
+
+class _At(Generic[T]):
+    __slots__ = ("_many", "_names", "_tree")
+
+    def __init__(self, tree: T, names: list[str], many: bool) -> None:
+        self._tree = tree
+        self._names = names
+        self._many = many
+
+    def get(self) -> Any:
+        """The selected node (a list of nodes when a glob or filter selected several)."""
+        found = [_get(self._tree, n) for n in self._names]
+        return found if self._many else found[0]
+
+    def apply(self, fn: Callable[[Any], Any]) -> T:
+        """Returns a new tree with each selected node ``x`` replaced by ``fn(x)``."""
+        tree = self._tree
+        for n in self._names:
+            tree = _update(tree, n.split("."), lambda old: _assign(old, fn(old)), n)
+        return tree
+
+    def set(self, value: Any) -> T:
+        """Returns a new tree with the selected node(s) replaced by ``value``.
+
+        Setting a raw array where a Parameter or Buffer was keeps its flag and metadata.
+        """
+        return self.apply(lambda old: value)
+
+
+def at(tree: T, where: str | Filter) -> _At[T]:
+    """Selects part of ``tree`` by dotted name, glob or filter, for `set`, `apply` or `get`.
+
+    ::
+
+        model = jp.at(model, "blocks.3.mlp").set(new_mlp)
+        model = jp.at(model, "head.weight").apply(lambda w: w * 0.1)
+        model = jp.at(model, "blocks.*.attn").apply(lambda a: a.eval())
+    """
+    many = not isinstance(where, str) or bool(_GLOB_CHARS & set(where))
+    return _At(tree, _resolve(tree, where), many)
+
+
+def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
+    """`Module.freeze`/`unfreeze`: set the flag on parameters whose names match any glob."""
+    patterns = tuple(patterns)
+    names = [n for n, node in walk(tree) if isinstance(node, Parameter)]
+    for p in patterns:
+        if not isinstance(p, str):
+            raise TypeError(f"freeze/unfreeze take name globs (strings), got {p!r}")
+        if not any(glob_matches(p, n) for n in names):
+            sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+            raise ValueError(f"pattern {p!r} matches no parameter; parameters are: {sample}")
+
+    def visit(name: str, x: Any) -> Any:
+        if not isinstance(x, Parameter) or x.trainable == flag:
+            return x
+        if patterns and not any(glob_matches(p, name) for p in patterns):
+            return x
+        return x.replace(trainable=flag)
+
+    return map_variables(tree, visit)
