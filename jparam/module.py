@@ -369,7 +369,7 @@ class Module(metaclass=_ModuleMeta):
         return self.astype("float32")
 
     def double(self: M) -> M:
-        """Floating arrays to float64 (a copy); needs ``jax.config.update("jax_enable_x64", True)``."""
+        """Floating arrays to float64 (a copy); needs ``jax_enable_x64`` switched on."""
         return self.astype("float64")
 
     def bfloat16(self: M) -> M:
