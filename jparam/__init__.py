@@ -16,9 +16,10 @@
             return x @ self.color_matrix + self.color_bias
 """
 
-from . import init
+from . import init, optim
 from .filters import Filter, as_filter, frozen, is_buffer, is_parameter, name, trainable
 from .module import Module, field
+from .optim import Optimizer
 from .parameter import Buffer, Parameter, to_array
 from .partition import merge, split
 from .paths import (
@@ -34,6 +35,7 @@ from .precision import astype, to
 from .state import IncompatibleKeys, StateDictError, load_state_dict, state_dict
 from .summary import summary
 from .surgery import at
+from .training import grad, value_and_grad
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,7 @@ __all__ = [
     "Filter",
     "IncompatibleKeys",
     "Module",
+    "Optimizer",
     "Parameter",
     "StateDictError",
     "as_filter",
@@ -50,6 +53,7 @@ __all__ = [
     "buffers",
     "field",
     "frozen",
+    "grad",
     "init",
     "is_buffer",
     "is_parameter",
@@ -60,6 +64,7 @@ __all__ = [
     "named_buffers",
     "named_modules",
     "named_parameters",
+    "optim",
     "parameters",
     "path_name",
     "split",
@@ -68,4 +73,5 @@ __all__ = [
     "to",
     "to_array",
     "trainable",
+    "value_and_grad",
 ]

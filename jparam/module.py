@@ -27,7 +27,6 @@ instance dict directly, so user code in ``__init__`` may be arbitrary.
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, ClassVar, TypeVar
 
@@ -58,40 +57,46 @@ def field(*, static: bool = False, **kwargs: Any) -> Any:
     return dataclasses.field(metadata=metadata, **kwargs)
 
 
-def _getter(names: tuple[str, ...]) -> Callable[[dict], tuple]:
-    if not names:
-        return lambda d: ()
-    if len(names) == 1:
-        (name,) = names
-        return lambda d: (d[name],)
-    return operator.itemgetter(*names)
-
-
 def _register(cls: type) -> None:
+    """Registers ``cls`` with flatten/unflatten functions generated for its exact fields.
+
+    Generated code reads and writes the instance dict with literal keys: no loops, no zips, no
+    ``__init__``. This is the per-node cost every jitted call pays on its inputs and outputs.
+    """
     fields = dataclasses.fields(cls)
     dynamic = tuple(f.name for f in fields if not f.metadata.get(_STATIC, False))
     static = (*(f.name for f in fields if f.metadata.get(_STATIC, False)), _TRAINING)
-    keys = tuple(tree_util.GetAttrKey(n) for n in dynamic)
-    get_dynamic, get_static = _getter(dynamic), _getter(static)
+    get_dynamic = "".join(f"d[{n!r}], " for n in dynamic)
+    get_keyed = "".join(f"(keys[{i}], d[{n!r}]), " for i, n in enumerate(dynamic))
+    get_static = "".join(f"d[{n!r}], " for n in static)
+    put = ", ".join(
+        [f"{n!r}: children[{i}]" for i, n in enumerate(dynamic)]
+        + [f"{n!r}: aux[{i}]" for i, n in enumerate(static)]
+    )
+    source = f"""
+def flatten(m):
+    d = m.__dict__
+    return ({get_dynamic}), ({get_static})
 
-    def flatten(m):
-        d = m.__dict__
-        return get_dynamic(d), get_static(d)
+def flatten_with_keys(m):
+    d = m.__dict__
+    return ({get_keyed}), ({get_static})
 
-    def flatten_with_keys(m):
-        d = m.__dict__
-        return tuple(zip(keys, get_dynamic(d))), get_static(d)
-
-    def unflatten(aux, children):
-        m = _new(cls)
-        d = m.__dict__
-        d.update(zip(dynamic, children))
-        d.update(zip(static, aux))
-        return m
-
+def unflatten(aux, children):
+    m = new(cls)
+    m.__dict__.update({{{put}}})
+    return m
+"""
+    namespace = {"new": _new, "cls": cls, "keys": [tree_util.GetAttrKey(n) for n in dynamic]}
+    exec(compile(source, f"<jparam pytree functions for {cls.__qualname__}>", "exec"), namespace)
     cls._jp_dynamic = dynamic
     cls._jp_static = static[:-1]
-    tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten_func=flatten)
+    tree_util.register_pytree_with_keys(
+        cls,
+        namespace["flatten_with_keys"],
+        namespace["unflatten"],
+        flatten_func=namespace["flatten"],
+    )
 
 
 class _ModuleMeta(type):

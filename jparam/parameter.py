@@ -43,9 +43,15 @@ def _intern_meta(trainable: bool | None, metadata: Mapping[str, Any]) -> tuple:
             )
     meta = (trainable, tuple(sorted(metadata.items())))
     try:
-        return _INTERNED.setdefault(meta, meta)
+        # Keyed with the value types too: 1 == 1.0 == True, and interning must not turn a
+        # user's `lr_scale=1.0` into the `1` of an earlier parameter.
+        return _INTERNED.setdefault((meta, _types(meta)), meta)
     except TypeError as e:  # hashable type whose instance still refuses to hash
         raise TypeError(f"metadata {dict(metadata)!r} is not hashable: {e}") from None
+
+
+def _types(x: Any) -> Any:
+    return tuple(map(_types, x)) if isinstance(x, tuple) else type(x)
 
 
 def _is_numeric_dtype(dtype: Any) -> bool:
@@ -130,6 +136,17 @@ def _flatten_with_keys(v: Any):
     return ((_VALUE_KEY[0], v.value),), v._meta
 
 
+def rebuild_variable(cls: type, meta: tuple, value: Any) -> Any:
+    """A `Parameter`/`Buffer` of type ``cls`` from its static metadata and a value, unchecked.
+
+    For library code (unflattening, `jp.merge`) whose value may be a tracer or a placeholder.
+    """
+    out = _new(cls)
+    out.value = value
+    out._meta = meta
+    return out
+
+
 def _register(cls: type) -> None:
     def unflatten(meta, children, _cls=cls):
         out = _new(_cls)
@@ -159,12 +176,17 @@ class _Variable:
 
     def replace(self, value: Any = None, **changes: Any) -> Any:
         """Returns a copy with ``value`` and/or metadata entries changed."""
-        out = _new(type(self))
-        out.value = self.value if value is None else to_array(value, what="replace(value=...)")
+        new = self.value if value is None else to_array(value, what="replace(value=...)")
+        out = self._with_value(new)
         if changes:
             out._meta = self._rebuild_meta(changes)
-        else:
-            out._meta = self._meta
+        return out
+
+    def _with_value(self, value: Any) -> Any:
+        # Unchecked: for library code that already holds a valid (possibly traced) array.
+        out = _new(type(self))
+        out.value = value
+        out._meta = self._meta
         return out
 
     def _rebuild_meta(self, changes: dict[str, Any]) -> tuple:

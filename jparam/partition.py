@@ -1,67 +1,151 @@
-"""`split` and `merge`: partition a model into the part you train and the rest, and put it back.
+"""`split` and `merge`: take the arrays you train out of a model by name, and put them back.
 
-Both halves keep the model's structure, with ``None`` where the other half holds the leaf, so
-each is a pytree that ``jax.grad``, ``optax`` and ``jax.jit`` take as it is. Frozen parameters and
-buffers end up in ``rest``: gradients and optimizer state are never created for them::
+``params, rest = jp.split(model, jp.trainable)`` returns ``params`` as a flat dict
+``{name: array}`` (the `state_dict` names) and ``rest``, the model with a placeholder where each
+selected leaf was. Frozen parameters, buffers and plain arrays stay in ``rest``, so gradients and
+optimizer state are never created for them::
 
     params, rest = jp.split(model, jp.trainable)
-    opt_state = tx.init(params)
+    opt_state = tx.init(params)                  # adam's mu/nu: dicts keyed by name
 
     def loss_fn(params, rest, x, y):
         model = jp.merge(params, rest)
         return jnp.mean((model(x) - y) ** 2)
+
+Why a flat dict and not a model-shaped tree with holes: it is what optax, checkpoints and people
+read best (``params["encoder.0.weight"]``), and a dict of arrays is the cheapest pytree there is,
+so a jitted step over ``params`` and its optimizer state costs what the same step on a plain dict
+costs. ``rest`` keeps the structure and each placeholder remembers its name and the
+Parameter's metadata, so `merge` needs nothing else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from jax import tree_util
 
 from .filters import FilterLike, as_filter
+from .parameter import _Variable, rebuild_variable
 from .paths import is_variable, path_name
 
-__all__ = ["merge", "split"]
+__all__ = ["Hole", "merge", "split"]
 
 T = TypeVar("T")
 
 
-def split(tree: T, filter: FilterLike, *filters: FilterLike) -> tuple[T, ...]:
-    """Splits ``tree`` into the leaves each filter selects, plus the rest.
+class Hole:
+    """Where `split` took a leaf out: a pytree node without children, like ``None``.
+
+    It carries, statically, the leaf's name and, for a Parameter or Buffer, its type and
+    metadata, so `merge` can rebuild the leaf from an array. Being static, these cost one
+    identity comparison on a ``jax.jit`` cache lookup.
+    """
+
+    __slots__ = ("aux",)
+
+    def __init__(self, name: str, kind: type | None = None, meta: tuple | None = None) -> None:
+        self.aux = (name, kind, meta)
+
+    @property
+    def name(self) -> str:
+        return self.aux[0]
+
+    def fill(self, value: Any) -> Any:
+        """The leaf this placeholder stands for, holding ``value``."""
+        _, kind, meta = self.aux
+        return value if kind is None else rebuild_variable(kind, meta, value)
+
+    def __repr__(self) -> str:
+        kind = self.aux[1].__name__ if self.aux[1] is not None else "array"
+        return f"Hole({self.aux[0]!r}, {kind})"
+
+
+def _unflatten_hole(aux: tuple, children: tuple) -> Hole:
+    hole = object.__new__(Hole)
+    hole.aux = aux
+    return hole
+
+
+tree_util.register_pytree_with_keys(
+    Hole,
+    lambda h: ((), h.aux),
+    _unflatten_hole,
+    flatten_func=lambda h: ((), h.aux),
+)
+
+
+def _is_hole(x: Any) -> bool:
+    return isinstance(x, Hole)
+
+
+def split(tree: Any, filter: FilterLike, *filters: FilterLike) -> tuple[Any, ...]:
+    """Splits ``tree`` into ``{name: array}`` dicts, one per filter, and the rest.
 
     Leaves are Parameters, Buffers and plain arrays; each goes to the first filter that selects
-    it, or to the last tree. ``jp.split(model, jp.trainable)`` returns ``(params, rest)``;
-    ``jp.split(model, "encoder.*", jp.is_buffer)`` returns three trees.
+    it, or stays in the rest. ``jp.split(model, jp.trainable)`` returns ``(params, rest)``;
+    ``jp.split(model, "encoder.*", jp.is_buffer)`` returns ``(encoder, buffers, rest)``.
     """
     preds = [as_filter(f) for f in (filter, *filters)]
-    flat, treedef = tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)
-    owner = []
-    for path, leaf in flat:
+    parts: list[dict[str, Any]] = [{} for _ in preds]
+
+    def visit(path: tuple, leaf: Any) -> Any:
         name = path_name(path)
-        owner.append(next((i for i, p in enumerate(preds) if p.matches(name, leaf)), len(preds)))
-    return tuple(
-        treedef.unflatten([leaf if o == i else None for o, (_, leaf) in zip(owner, flat)])
-        for i in range(len(preds) + 1)
-    )
+        for pred, part in zip(preds, parts):
+            if pred.matches(name, leaf):
+                if name in part:
+                    raise ValueError(f"split: two leaves are both named {name!r}")
+                if isinstance(leaf, _Variable):
+                    part[name] = leaf.value
+                    return Hole(name, type(leaf), leaf._meta)
+                part[name] = leaf
+                return Hole(name)
+        return leaf
+
+    rest = tree_util.tree_map_with_path(visit, tree, is_leaf=is_variable)
+    return (*parts, rest)
 
 
-def _is_hole_or_leaf(x: Any) -> bool:
-    return x is None or is_variable(x)
+def merge(*parts_and_rest: Any) -> Any:
+    """Puts `split`'s parts back into its rest: ``jp.merge(params, rest)``.
 
+    The parts are ``{name: array}`` mappings (a gradient or an optax-updated copy works too);
+    every placeholder in the rest must find its name in exactly one part, and every name must
+    be used.
+    """
+    if len(parts_and_rest) < 2:
+        raise TypeError("merge(part, ..., rest) needs at least one part and the rest")
+    *parts, rest = parts_and_rest
+    values: dict[str, Any] = {}
+    for i, part in enumerate(parts):
+        if not isinstance(part, Mapping):
+            raise TypeError(
+                f"merge(part, ..., rest): argument {i} should be a {{name: array}} part from "
+                f"jp.split, got {type(part).__name__}; the rest goes last"
+            )
+        clash = values.keys() & part.keys()
+        if clash:
+            raise ValueError(f"merge: {sorted(clash)} appear in more than one part")
+        values.update(part)
+    used: set[str] = set()
+    missing: list[str] = []
 
-def merge(*trees: T) -> T:
-    """Puts trees from `split` back together: each position takes the first non-``None`` leaf."""
-    if not trees:
-        raise TypeError("merge() needs at least one tree")
-    first, *rest = trees
+    def fill(x: Any) -> Any:
+        if not isinstance(x, Hole):
+            return x
+        if x.name not in values:
+            missing.append(x.name)
+            return x
+        used.add(x.name)
+        return x.fill(values[x.name])
 
-    def pick(*xs):
-        return next((x for x in xs if x is not None), None)
-
-    try:
-        return tree_util.tree_map(pick, first, *rest, is_leaf=_is_hole_or_leaf)
-    except (ValueError, TypeError) as e:
+    out = tree_util.tree_map(fill, rest, is_leaf=_is_hole)
+    unexpected = [n for n in values if n not in used]
+    if missing or unexpected:
         raise ValueError(
-            "merge() needs trees with the same structure, as jp.split returns them (same model, "
-            f"same static fields and trainable flags); JAX says: {e}"
-        ) from None
+            "merge: the parts do not fit the rest (were they split from the same model with "
+            f"the same filters?); no value for: {missing or 'none'}; "
+            f"not a placeholder in the rest: {unexpected or 'none'}"
+        )
+    return out

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 from jax import tree_util
 
-from .module import Module
 from .parameter import Buffer, Parameter, _Variable
 
 __all__ = [
@@ -210,3 +209,13 @@ def map_modules(tree: Any, fn: Callable[[Module], Any]) -> Any:
         )
 
     return rebuild(tree)
+
+
+# Imported last: `module` imports this file's dependents (precision, state, ...) at its end, and
+# they import names from here, so those names must exist before `Module` is imported. This keeps
+# `import jparam.paths` (or any file that imports it first) free of a circular-import error.
+from .module import Module  # noqa: E402
+
+
+# Imported last: `jparam.module` imports this file back for its methods, and the functions
+# above only need `Module` when they are called.

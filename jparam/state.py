@@ -52,7 +52,8 @@ def state_dict(tree: Any, prefix: str = "", keep_vars: bool = False) -> OrderedD
     Keys and order are PyTorch's; a parameter used in two places appears under both names.
     ``keep_vars=True`` returns the Parameter/Buffer objects instead of their arrays.
     """
-    entries = _entries(tree, prefix)
+    # PyTorch's spelling ends the prefix with a dot (``prefix="model."``); join it only once.
+    entries = _entries(tree, prefix[:-1] if prefix.endswith(".") else prefix)
     if keep_vars:
         return entries
     return OrderedDict((name, node.value) for name, node in entries.items())
@@ -70,7 +71,7 @@ def _kind(dtype: Any) -> str:
     return str(dtype)
 
 
-def _convert(name: str, target: _Variable, raw: Any, errors: list[str]) -> Any:
+def _convert(name: str, target: Any, raw: Any, errors: list[str]) -> Any:
     try:
         value = to_array(raw, what=f"state_dict[{name!r}]")
     except TypeError as e:
@@ -78,31 +79,28 @@ def _convert(name: str, target: _Variable, raw: Any, errors: list[str]) -> Any:
         return None
     want_shape, got_shape = tuple(target.shape), tuple(value.shape)
     if want_shape != got_shape:
-        errors.append(f"{name}: shape mismatch, the model has {want_shape}, got {got_shape}")
+        errors.append(f"{name}: shape mismatch, expected {want_shape}, got {got_shape}")
         return None
     want, got = _kind(target.dtype), _kind(value.dtype)
     if want != got:
         errors.append(
-            f"{name}: dtype mismatch, the model has {want} {target.dtype}, got {got} "
+            f"{name}: dtype mismatch, expected {want} {target.dtype}, got {got} "
             f"{value.dtype}; cast it explicitly if that is intended"
         )
         return None
     return value if value.dtype == target.dtype else value.astype(target.dtype)
 
 
-def load_state_dict(tree: T, state: Mapping[str, Any], strict: bool = True) -> Any:
-    """Returns a copy of ``tree`` with the arrays of ``state`` put in by name.
+def match_state(
+    expected: Mapping[str, Any], state: Mapping[str, Any], strict: bool, what: str
+) -> tuple[dict[str, Any], IncompatibleKeys]:
+    """Checks ``state`` against ``expected`` (name -> anything with shape and dtype).
 
-    ``strict=True`` returns the new tree, or raises `StateDictError` listing every missing key,
-    unexpected key, shape and dtype-kind mismatch. ``strict=False`` returns
-    ``(new_tree, IncompatibleKeys(missing_keys, unexpected_keys))``; shape and kind mismatches
-    still raise, as in PyTorch.
+    Returns the converted arrays by name and the missing/unexpected keys, or raises one
+    `StateDictError` listing every problem. Shared by modules, optimizers and checkpoints.
     """
     if not isinstance(state, Mapping):
-        raise TypeError(
-            f"state_dict must be a mapping of name -> array, got {type(state).__name__}"
-        )
-    expected = _entries(tree)
+        raise TypeError(f"state_dict must map names to arrays, got {type(state).__name__}")
     missing = [n for n in expected if n not in state]
     unexpected = [k for k in state if k not in expected]
     errors: list[str] = []
@@ -120,10 +118,19 @@ def load_state_dict(tree: T, state: Mapping[str, Any], strict: bool = True) -> A
         )
     if errors:
         raise StateDictError(
-            f"{len(errors)} error(s) loading state_dict into {type(tree).__name__}:\n  "
-            + "\n  ".join(errors)
+            f"{len(errors)} error(s) loading state_dict into {what}:\n  " + "\n  ".join(errors)
         )
+    return values, IncompatibleKeys(missing, unexpected)
+
+
+def load_state_dict(tree: T, state: Mapping[str, Any], strict: bool = True) -> Any:
+    """Returns a copy of ``tree`` with the arrays of ``state`` put in by name.
+
+    ``strict=True`` returns the new tree, or raises `StateDictError` listing every missing key,
+    unexpected key, shape and dtype-kind mismatch. ``strict=False`` returns
+    ``(new_tree, IncompatibleKeys(missing_keys, unexpected_keys))``; shape and kind mismatches
+    still raise, as in PyTorch.
+    """
+    values, incompatible = match_state(_entries(tree), state, strict, type(tree).__name__)
     new = map_variables(tree, lambda n, v: v.replace(values[n]) if n in values else v)
-    if strict:
-        return new
-    return new, IncompatibleKeys(missing, unexpected)
+    return new if strict else (new, incompatible)

@@ -111,8 +111,9 @@ def _resolve(tree: Any, where: str | Filter) -> list[str]:
 
 
 def _assign(old: Any, new: Any) -> Any:
-    # A raw array assigned where a Parameter/Buffer was keeps the flag and metadata.
-    if isinstance(old, _Variable) and not isinstance(new, _Variable):
+    # A raw array assigned where a Parameter/Buffer was keeps the flag and metadata; None
+    # removes it (like PyTorch's ``module.bias = None``), it does not mean "keep the value".
+    if isinstance(old, _Variable) and new is not None and not isinstance(new, _Variable):
         return old.replace(new)
     return new
 
