@@ -71,7 +71,7 @@ class Optimizer:
     __slots__ = ("names", "state", "tx")
 
     def __init__(self, tx: optax.GradientTransformation, model: Any) -> None:
-        if not isinstance(tx, optax.GradientTransformation):
+        if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
             raise TypeError(
                 f"Optimizer expects an optax GradientTransformation (e.g. optax.adam(1e-3)), "
                 f"got {type(tx).__name__}"
