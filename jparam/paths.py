@@ -33,8 +33,7 @@ __all__ = [
 ]
 
 
-def key_name(key: Any) -> str:
-    """The name of one JAX key-path entry: ``.weight`` -> ``weight``, ``[0]`` -> ``0``."""
+def _compute_key_name(key: Any) -> str:
     if isinstance(key, tree_util.GetAttrKey):
         return key.name
     if isinstance(key, tree_util.SequenceKey):
@@ -46,9 +45,26 @@ def key_name(key: Any) -> str:
     return str(key)
 
 
+_KEY_NAMES: dict[Any, str] = {}
+
+
+def key_name(key: Any) -> str:
+    """The name of one JAX key-path entry: ``.weight`` -> ``weight``, ``[0]`` -> ``0``."""
+    try:
+        return _KEY_NAMES[key]
+    except KeyError:
+        name = _compute_key_name(key)
+        if len(_KEY_NAMES) > 100_000:  # keys are few in practice; never grow without bound
+            _KEY_NAMES.clear()
+        _KEY_NAMES[key] = name
+        return name
+    except TypeError:  # an unhashable dict key
+        return _compute_key_name(key)
+
+
 def path_name(path: tuple) -> str:
     """The dotted name of a JAX key path, e.g. ``blocks.0.attn.qkv.weight``."""
-    return ".".join(key_name(k) for k in path)
+    return ".".join([key_name(k) for k in path])
 
 
 def join(prefix: str, name: str) -> str:
@@ -215,7 +231,3 @@ def map_modules(tree: Any, fn: Callable[[Module], Any]) -> Any:
 # they import names from here, so those names must exist before `Module` is imported. This keeps
 # `import jparam.paths` (or any file that imports it first) free of a circular-import error.
 from .module import Module  # noqa: E402
-
-
-# Imported last: `jparam.module` imports this file back for its methods, and the functions
-# above only need `Module` when they are called.
