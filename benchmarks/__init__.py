@@ -1,1 +1,1 @@
-"""jparam's benchmark suite; see BENCHMARKS.md. Run a benchmark with ``python -m benchmarks.NAME``."""
+"""jparam's benchmark suite (results in BENCHMARKS.md): ``python -m benchmarks.NAME``."""

@@ -53,7 +53,8 @@ def machine() -> str:
 def report(title: str, rows: list[tuple[str, float]], floor: str, json_path: str | None) -> str:
     """A Markdown table of per-call times and ratios to ``floor``; optionally writes JSON."""
     base = dict(rows)[floor]
-    lines = [f"### {title}", "", "| contender | time per call | ratio to floor |", "|---|---:|---:|"]
+    header = "| contender | time per call | ratio to floor |"
+    lines = [f"### {title}", "", header, "|---|---:|---:|"]
     for name, t in rows:
         lines.append(f"| {name} | {t * 1e6:.1f} µs | {t / base:.2f}x |")
     text = "\n".join(lines)
