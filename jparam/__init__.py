@@ -16,7 +16,8 @@
             return x @ self.color_matrix + self.color_bias
 """
 
-from . import init, optim
+from . import init, nn, optim
+from .checkpoint import latest_step, load_checkpoint, save_checkpoint
 from .filters import Filter, as_filter, frozen, is_buffer, is_parameter, name, trainable
 from .module import Module, field
 from .optim import Optimizer
@@ -32,6 +33,14 @@ from .paths import (
     path_name,
 )
 from .precision import astype, to
+from .serialization import (
+    CheckpointError,
+    SaveInfo,
+    from_torch_state_dict,
+    load,
+    load_file,
+    save,
+)
 from .state import IncompatibleKeys, StateDictError, load_state_dict, state_dict
 from .summary import summary
 from .surgery import at
@@ -41,22 +50,29 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Buffer",
+    "CheckpointError",
     "Filter",
     "IncompatibleKeys",
     "Module",
     "Optimizer",
     "Parameter",
+    "SaveInfo",
     "StateDictError",
     "as_filter",
     "astype",
     "at",
     "buffers",
     "field",
+    "from_torch_state_dict",
     "frozen",
     "grad",
     "init",
     "is_buffer",
     "is_parameter",
+    "latest_step",
+    "load",
+    "load_checkpoint",
+    "load_file",
     "load_state_dict",
     "map_variables",
     "merge",
@@ -64,9 +80,12 @@ __all__ = [
     "named_buffers",
     "named_modules",
     "named_parameters",
+    "nn",
     "optim",
     "parameters",
     "path_name",
+    "save",
+    "save_checkpoint",
     "split",
     "state_dict",
     "summary",
