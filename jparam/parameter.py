@@ -83,7 +83,13 @@ def to_array(value: Any, *, what: str = "value") -> Any:
     """
     if isinstance(value, _Variable):
         return value.value
-    if isinstance(value, (jax.Array, jax.ShapeDtypeStruct)):
+    if isinstance(value, jax.Array):
+        # `jnp.array(0)` is weakly typed, the same value loaded from NumPy or PyTorch is not;
+        # the two trace differently, so a weak value would recompile after load_state_dict.
+        if getattr(value, "weak_type", False):
+            return jax.lax.convert_element_type(value, value.dtype)
+        return value
+    if isinstance(value, jax.ShapeDtypeStruct):
         return value
     if isinstance(value, (bool, int, float, complex, np.ndarray, np.generic)):
         arr = np.asarray(value)

@@ -76,6 +76,11 @@ def to(tree: T, target: Any) -> T:
             devices = jax.devices(platform)
         except RuntimeError as e:
             raise ValueError(f"to({target!r}): no {platform} devices are available ({e})") from None
+        if (index and not index.isdigit()) or int(index or 0) >= len(devices):
+            raise ValueError(
+                f"to({target!r}): there are {len(devices)} {platform} device(s), "
+                f"{platform}:0 to {platform}:{len(devices) - 1}"
+            )
         target = devices[int(index) if index else 0]
     elif _is_dtype(target):
         return astype(tree, target)

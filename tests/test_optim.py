@@ -211,7 +211,7 @@ def test_lbfgs_extra_arguments():
 def test_mask_by_globs_for_weight_decay_on_both_patterns():
     model = make_net()
     mask = jp.optim.mask(model, exclude="*.bias")
-    params, rest = jp.split(model, jp.trainable)
+    params, _rest = jp.split(model, jp.trainable)
     assert mask(params) == {
         "layers.0.weight": True,
         "layers.0.bias": False,

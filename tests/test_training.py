@@ -4,7 +4,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import jparam as jp
 
@@ -92,7 +91,7 @@ def test_no_gradient_is_materialised_for_frozen_parameters():
 
 def test_has_aux():
     model = make_net()
-    (value, aux), grads = jp.value_and_grad(lambda m, x: (loss_fn(m, x, Y), x.sum()), True)(
+    (_value, aux), grads = jp.value_and_grad(lambda m, x: (loss_fn(m, x, Y), x.sum()), True)(
         model, X
     )
     grads2, aux2 = jp.grad(lambda m, x: (loss_fn(m, x, Y), x.sum()), has_aux=True)(model, X)

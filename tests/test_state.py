@@ -1,0 +1,258 @@
+"""state_dict and load_state_dict: PyTorch keys and order, strictness, conversion, purity."""
+
+from collections import OrderedDict
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from twin_models import Linear, Net, torch_net
+
+import jparam as jp
+
+NORM_STATE = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+NET_STATE = [
+    "embed",
+    "mask",
+    *(
+        k
+        for i in range(2)
+        for k in (
+            f"blocks.{i}.scale",
+            f"blocks.{i}.step",
+            f"blocks.{i}.fc.weight",
+            f"blocks.{i}.fc.bias",
+            *(f"blocks.{i}.norm.{n}" for n in NORM_STATE),
+        )
+    ),
+    "head.weight",
+    "head.bias",
+]
+
+
+def _np_state(model):
+    return {k: np.asarray(v) for k, v in model.state_dict().items()}
+
+
+# -- state_dict ---------------------------------------------------------------------------------
+
+
+def test_state_dict_is_ordered_params_then_buffers_then_children():
+    net = Net()
+    sd = net.state_dict()
+    assert isinstance(sd, OrderedDict)
+    assert list(sd) == NET_STATE
+    assert all(isinstance(v, jax.Array) for v in sd.values())
+    assert sd["head.weight"] is net.head.weight.value
+    assert "blocks.0.norm.scratch" not in sd  # persistent=False
+
+
+def test_state_dict_keys_and_order_match_torch_exactly():
+    pytest.importorskip("torch")
+    assert list(Net().state_dict()) == list(torch_net().state_dict())
+    assert list(Net(n=3, depth=3).state_dict()) == list(torch_net(n=3, depth=3).state_dict())
+
+
+def test_state_dict_keep_vars_and_prefix():
+    net = Net()
+    sd = net.state_dict(keep_vars=True)
+    assert sd["head.weight"] is net.head.weight
+    assert isinstance(sd["mask"], jp.Buffer)
+    # Both spellings give one dot: jparam's ("model") and PyTorch's ("model.").
+    assert list(net.state_dict(prefix="model")) == [f"model.{k}" for k in NET_STATE]
+    assert list(net.state_dict(prefix="model.")) == [f"model.{k}" for k in NET_STATE]
+
+
+def test_state_dict_prefix_matches_torch():
+    pytest.importorskip("torch")
+    assert list(Net().state_dict(prefix="m.")) == list(torch_net().state_dict(prefix="m."))
+
+
+def test_state_dict_lists_tied_parameters_under_each_name():
+    class Tied(jp.Module):
+        enc: jp.Parameter
+        dec: jp.Parameter
+
+    w = jp.Parameter(jnp.ones(2))
+    sd = Tied(w, w).state_dict()
+    assert list(sd) == ["enc", "dec"]
+    assert sd["enc"] is sd["dec"]
+
+
+# -- load_state_dict ----------------------------------------------------------------------------
+
+
+def test_load_returns_new_module_and_leaves_original_untouched():
+    net = Net()
+    before = _np_state(net)
+    state = {k: v if v.dtype == bool else v + 1 for k, v in before.items()}
+    new = net.load_state_dict(state)
+    assert isinstance(new, Net) and new is not net
+    for k, v in new.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(v), state[k], err_msg=k)
+        np.testing.assert_array_equal(np.asarray(net.state_dict()[k]), before[k], err_msg=k)
+    # flags, metadata and non-persistent buffers survive
+    assert jax.tree.structure(new) == jax.tree.structure(net)
+    assert new.blocks[0].norm.scratch is net.blocks[0].norm.scratch
+
+
+def test_load_keeps_trainable_flags_and_metadata():
+    lin = Linear(2, 2)
+    lin = lin.replace(weight=lin.weight.replace(trainable=False, axes=("out", "in")))
+    new = lin.load_state_dict({"weight": np.zeros((2, 2)), "bias": np.ones(2)})
+    assert new.weight.trainable is False
+    assert new.weight.metadata == {"axes": ("out", "in")}
+    chex.assert_trees_all_equal(new.bias.value, jnp.ones(2))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "jax", "parameter"])
+def test_load_accepts_numpy_jax_and_variables(kind):
+    lin = Linear(3, 2)
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([-1.0, 1.0], np.float32)
+    convert = {
+        "numpy": lambda x: x,
+        "jax": jnp.asarray,
+        "parameter": jp.Parameter,
+    }[kind]
+    new = lin.load_state_dict({"weight": convert(w), "bias": convert(b)})
+    chex.assert_trees_all_equal(new.weight.value, jnp.asarray(w))
+    chex.assert_trees_all_equal(new.bias.value, jnp.asarray(b))
+    assert isinstance(new.weight.value, jax.Array)
+
+
+def test_load_torch_state_dict_as_is():
+    pytest.importorskip("torch")
+    tnet = torch_net()
+    net = Net().load_state_dict(tnet.state_dict())
+    for k, v in tnet.state_dict().items():
+        got = net.state_dict()[k]
+        np.testing.assert_array_equal(np.asarray(got), v.numpy(), err_msg=k)
+    # same-kind cast to the model's dtype: torch's int64 counters land in int32 buffers
+    assert net.blocks[0].norm.num_batches_tracked.dtype == jnp.int32
+    assert int(net.blocks[0].norm.num_batches_tracked) == 7
+    assert net.mask.dtype == jnp.bool_
+
+
+def test_load_torch_bfloat16_tensors_cast_to_model_dtype():
+    torch = pytest.importorskip("torch")
+    tsd = torch_net().state_dict()
+    bf = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tsd.items()}
+    net = Net().load_state_dict(bf)
+    w = net.head.weight
+    assert w.dtype == jnp.float32
+    expected = bf["head.weight"].float().numpy()
+    np.testing.assert_array_equal(np.asarray(w), expected)
+    assert not np.array_equal(expected, tsd["head.weight"].numpy())  # really rounded
+
+
+def test_jparam_state_dict_loads_into_torch_strictly():
+    torch = pytest.importorskip("torch")
+    tnet = torch_net()
+    net = Net()
+    converted = {k: torch.from_numpy(np.array(v)) for k, v in net.state_dict().items()}
+    converted = {
+        k: v.long() if v.dtype == torch.int32 else v for k, v in converted.items()
+    }  # torch keeps int64 counters
+    result = tnet.load_state_dict(converted, strict=True)
+    assert list(result.missing_keys) == [] and list(result.unexpected_keys) == []
+    np.testing.assert_array_equal(tnet.head.weight.detach().numpy(), np.asarray(net.head.weight))
+
+
+def test_same_kind_dtype_is_cast_to_the_model_dtype():
+    lin = Linear(2, 2)
+    new = lin.load_state_dict(
+        {"weight": np.full((2, 2), 0.1, np.float64), "bias": np.ones(2, np.float16)}
+    )
+    assert new.weight.dtype == jnp.float32 and new.bias.dtype == jnp.float32
+    chex.assert_trees_all_close(new.weight.value, jnp.full((2, 2), 0.1))
+    half = lin.half()
+    assert half.load_state_dict(_np_state(lin)).weight.dtype == jnp.float16
+
+
+def test_strict_raises_one_error_listing_every_problem():
+    net = Net()
+    state = _np_state(net)
+    del state["head.bias"]
+    del state["blocks.1.norm.running_var"]
+    state["extra.weight"] = np.ones(1)
+    state["blocks.0.fc.weight"] = np.ones((5, 5), np.float32)
+    state["embed"] = np.ones((3, 4), np.int32)
+    state["blocks.0.step"] = np.ones((), np.float32)
+    with pytest.raises(jp.StateDictError) as e:
+        net.load_state_dict(state)
+    msg = str(e.value)
+    assert isinstance(e.value, ValueError)
+    assert msg.startswith("6 error(s) loading state_dict into Net:")
+    for piece in (
+        "missing key: head.bias",
+        "missing key: blocks.1.norm.running_var",
+        "unexpected key: extra.weight",
+        "blocks.0.fc.weight: shape mismatch, expected (4, 4), got (5, 5)",
+        "embed: dtype mismatch, expected floating float32, got integer int32",
+        "blocks.0.step: dtype mismatch, expected integer int32, got floating float32",
+    ):
+        assert piece in msg
+
+
+def test_non_strict_returns_incompatible_keys():
+    net = Net()
+    state = _np_state(net)
+    state = {k: v + 1 if v.dtype == np.float32 else v for k, v in state.items()}
+    del state["head.bias"]
+    state["extra"] = np.ones(1)
+    new, incompatible = net.load_state_dict(state, strict=False)
+    assert isinstance(incompatible, jp.IncompatibleKeys)
+    assert incompatible.missing_keys == ["head.bias"]
+    assert incompatible.unexpected_keys == ["extra"]
+    chex.assert_trees_all_equal(new.head.bias.value, net.head.bias.value)  # missing: kept
+    chex.assert_trees_all_close(new.head.weight.value, net.head.weight.value + 1)
+    _, nothing = net.load_state_dict(_np_state(net), strict=False)
+    assert nothing == jp.IncompatibleKeys([], [])
+
+
+def test_non_strict_still_raises_on_shape_and_kind_mismatch():
+    lin = Linear(2, 3)
+    with pytest.raises(jp.StateDictError, match=r"weight: shape mismatch"):
+        lin.load_state_dict({"weight": np.ones((2, 2))}, strict=False)
+    with pytest.raises(jp.StateDictError, match=r"bias: dtype mismatch"):
+        lin.load_state_dict({"bias": np.ones(3, np.int32)}, strict=False)
+
+
+def test_no_silent_broadcast_of_scalars():
+    lin = Linear(2, 3)
+    with pytest.raises(jp.StateDictError, match=r"bias: shape mismatch, expected \(3,\), got \(\)"):
+        lin.load_state_dict({"weight": np.ones((3, 2)), "bias": 0.0})
+
+
+def test_load_refuses_non_mappings_and_non_arrays():
+    lin = Linear(2, 2)
+    with pytest.raises(TypeError, match="must map names to arrays"):
+        lin.load_state_dict([("weight", np.ones((2, 2)))])
+    with pytest.raises(jp.StateDictError, match=r"state_dict\['bias'\] must be an array"):
+        lin.load_state_dict({"weight": np.ones((2, 2)), "bias": "zeros"})
+
+
+def test_free_functions_on_a_dict_of_modules():
+    tree = {"a": Linear(1, 2), "b": Linear(2, 1)}
+    sd = jp.state_dict(tree)
+    assert list(sd) == ["a.weight", "a.bias", "b.weight", "b.bias"]
+    new = jp.load_state_dict(tree, {k: np.asarray(v) * 0 + 3 for k, v in sd.items()})
+    assert isinstance(new, dict) and isinstance(new["a"], Linear)
+    chex.assert_trees_all_equal(new["b"].weight.value, jnp.full((1, 2), 3.0))
+
+
+def test_load_state_dict_inside_jit():
+    lin = Linear(2, 2)
+    state = {"weight": jnp.full((2, 2), 2.0), "bias": jnp.ones(2)}
+    new = jax.jit(lambda m, s: m.load_state_dict(s))(lin, state)
+    chex.assert_trees_all_equal(new.weight.value, state["weight"])
+    assert jax.tree.structure(new) == jax.tree.structure(lin)
+
+
+def test_round_trip_into_a_zeroed_model():
+    net = Net()
+    zero = jax.tree.map(jnp.zeros_like, net)
+    loaded = zero.load_state_dict(net.state_dict())
+    chex.assert_trees_all_equal(dict(loaded.state_dict()), dict(net.state_dict()))

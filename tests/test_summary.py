@@ -1,0 +1,115 @@
+"""summary() tables and the nested repr: names, shapes, totals; shapes not values; folding."""
+
+import jax
+import jax.numpy as jnp
+
+import jparam as jp
+
+
+class Lin(jp.Module):
+    weight: jp.Parameter
+    bias: jp.Parameter
+    act: object = jp.field(static=True, default=jax.nn.gelu)
+
+    def __init__(self, i, o):
+        self.weight = jp.Parameter(jnp.ones((o, i)))
+        self.bias = jp.Parameter(jnp.zeros(o))
+
+
+class Net(jp.Module):
+    blocks: list
+    head: Lin
+    emb: jp.Parameter
+    steps: jp.Buffer
+    cfg: dict
+
+    def __init__(self):
+        self.blocks = [Lin(4, 4) for _ in range(3)] + [Lin(4, 8)]
+        self.head = Lin(8, 2)
+        self.emb = jp.Parameter(jnp.full((10, 4), 123.0, jnp.bfloat16), trainable=False)
+        self.steps = jp.Buffer(jnp.array(0))
+        self.cfg = {"scale": jnp.ones(())}
+
+
+def _rows(table: str) -> list[list[str]]:
+    lines = table.splitlines()
+    rules = [i for i, line in enumerate(lines) if set(line) == {"-"}]
+    return [line.split() for line in lines[rules[0] + 1 : rules[1]]]
+
+
+def test_summary_rows_and_totals():
+    s = Net().summary()
+    lines = s.splitlines()
+    assert lines[0] == "Net"
+    assert lines[1].split() == ["name", "shape", "dtype", "trainable", "count"]
+    assert _rows(s) == [
+        ["emb", "(10,", "4)", "bfloat16", "frozen", "40"],
+        ["steps", "()", "int32", "buffer", "1"],
+        ["blocks.0.weight", "(4,", "4)", "float32", "yes", "16"],
+        ["blocks.0.bias", "(4,)", "float32", "yes", "4"],
+        ["blocks.1.weight", "(4,", "4)", "float32", "yes", "16"],
+        ["blocks.1.bias", "(4,)", "float32", "yes", "4"],
+        ["blocks.2.weight", "(4,", "4)", "float32", "yes", "16"],
+        ["blocks.2.bias", "(4,)", "float32", "yes", "4"],
+        ["blocks.3.weight", "(8,", "4)", "float32", "yes", "32"],
+        ["blocks.3.bias", "(8,)", "float32", "yes", "8"],
+        ["head.weight", "(2,", "8)", "float32", "yes", "16"],
+        ["head.bias", "(2,)", "float32", "yes", "2"],
+    ]
+    # 118 trainable f32 (472 B) + 40 frozen bf16 (80 B) + one int32 buffer (4 B) = 556 B
+    assert lines[-1] == ("parameters: 158 (trainable 118, frozen 40)   buffers: 1   size: 556 B")
+
+
+def test_summary_counts_shared_parameters_once_and_large_counts():
+    w = jp.Parameter(jnp.zeros((1000, 1100)))
+
+    class Tied(jp.Module):
+        enc: jp.Parameter
+        dec: jp.Parameter
+
+    s = Tied(w, w).summary()
+    assert [r[0] for r in _rows(s)] == ["enc"]
+    assert _rows(s)[0][-1] == "1,100,000"
+    assert s.splitlines()[-1] == (
+        "parameters: 1,100,000 (trainable 1,100,000, frozen 0)   buffers: 0   size: 4.2 MB"
+    )
+
+
+def test_summary_free_function_on_a_dict():
+    s = jp.summary({"a": Lin(8, 2)})
+    assert s.splitlines()[0] == "dict"
+    assert [r[0] for r in _rows(s)] == ["a.weight", "a.bias"]
+    assert s.splitlines()[-1].startswith("parameters: 18 (trainable 18, frozen 0)")
+
+
+def test_repr_nested_shapes_not_values_with_folding():
+    assert repr(Net()) == (
+        "Net(\n"
+        "  blocks=[\n"
+        "    3 x Lin(weight=Parameter(f32[4,4]), bias=Parameter(f32[4]), act=gelu),\n"
+        "    Lin(weight=Parameter(f32[8,4]), bias=Parameter(f32[8]), act=gelu),\n"
+        "  ],\n"
+        "  head=Lin(weight=Parameter(f32[2,8]), bias=Parameter(f32[2]), act=gelu),\n"
+        "  emb=Parameter(bf16[10,4], trainable=False),\n"
+        "  steps=Buffer(i32[]),\n"
+        "  cfg={'scale': f32[]},\n"
+        ")"
+    )
+    assert "123" not in repr(Net())  # values never print
+
+
+def test_repr_short_module_on_one_line_and_training_flag():
+    lin = Lin(3, 3)
+    assert repr(lin) == "Lin(weight=Parameter(f32[3,3]), bias=Parameter(f32[3]), act=gelu)"
+    assert repr(lin.eval()).endswith("act=gelu, training=False)")
+
+
+def test_repr_folds_many_identical_blocks():
+    class Deep(jp.Module):
+        layers: list
+
+    r = repr(Deep([Lin(2, 2) for _ in range(48)]))
+    assert r.count("Lin(") == 1
+    assert "48 x Lin(weight=Parameter(f32[2,2])" in r
+    different = repr(Deep([Lin(2, 2), Lin(2, 2).eval(), Lin(2, 2)]))
+    assert different.count("Lin(") == 3  # only runs of identical items fold
