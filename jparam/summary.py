@@ -54,7 +54,9 @@ def _fmt(x: Any, indent: int) -> str:
         except TypeError:
             pass
     if type(x) in (list, tuple):
-        items = _fold([_fmt(i, indent + 1) for i in x])
+        items = [_fmt(i, indent + 1) for i in x]
+        if any(isinstance(i, Module) for i in x):  # fold repeated blocks, never (3, 3)
+            items = _fold(items)
         return _wrap(
             "[" if type(x) is list else "(", items, "]" if type(x) is list else ")", indent
         )
@@ -94,8 +96,65 @@ def _human(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _split_index(name: str) -> tuple[str, int, str] | None:
+    """``blocks.3.attn.weight`` -> ``("blocks", 3, "attn.weight")``; ``None`` without an index."""
+    segs = name.split(".")
+    for j, seg in enumerate(segs):
+        if seg.isdigit():
+            return ".".join(segs[:j]), int(seg), ".".join(segs[j + 1 :])
+    return None
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
+def _fold_rows(rows: list[tuple]) -> list[tuple]:
+    """Folds runs of identical consecutive blocks (``blocks.0`` ... ``blocks.47``) into one.
+
+    A folded row is named ``blocks.0-47.attn.weight`` and counts ``48 x 1,024``.
+    """
+    out: list[tuple] = []
+    i = 0
+    while i < len(rows):
+        head = _split_index(rows[i][0])
+        if head is None:
+            out.append((*rows[i][:4], f"{rows[i][4]:,}"))
+            i += 1
+            continue
+        blocks: list[tuple[int, list[tuple]]] = []
+        j = i
+        while j < len(rows) and (h := _split_index(rows[j][0])) and h[0] == head[0]:
+            if blocks and blocks[-1][0] == h[1]:
+                blocks[-1][1].append((h[2], *rows[j][1:]))
+            else:
+                blocks.append((h[1], [(h[2], *rows[j][1:])]))
+            j += 1
+        k = 0
+        while k < len(blocks):
+            m = k
+            while (
+                m + 1 < len(blocks)
+                and blocks[m + 1][0] == blocks[m][0] + 1
+                and blocks[m + 1][1] == blocks[k][1]
+            ):
+                m += 1
+            n, first, last = m - k + 1, blocks[k][0], blocks[m][0]
+            index = str(first) if n == 1 else f"{first}-{last}"
+            for rest, shape, dtype, kind, count in blocks[k][1]:
+                shown = f"{count:,}" if n == 1 else f"{n} x {count:,}"
+                out.append((_join(head[0], index, rest), shape, dtype, kind, shown))
+            k = m + 1
+        i = j
+    return out
+
+
 def summary(tree: Any) -> str:
-    """A table of every parameter and buffer (shared ones once) with totals."""
+    """A table of every parameter and buffer (shared ones once) with totals.
+
+    Runs of identical blocks fold into one row per parameter (``blocks.0-47.attn.weight``,
+    count ``48 x 1,024``), so a deep model's table stays readable.
+    """
     rows = []
     seen: set[int] = set()
     totals = {"trainable": 0, "frozen": 0, "buffer": 0}
@@ -112,7 +171,8 @@ def summary(tree: Any) -> str:
             totals["buffer"] += _count(node)
         size += _bytes(node)
         shape = "(" + ", ".join(map(str, node.shape)) + ("," if len(node.shape) == 1 else "") + ")"
-        rows.append((name, shape, str(jnp.dtype(node.dtype)), kind, f"{_count(node):,}"))
+        rows.append((name, shape, str(jnp.dtype(node.dtype)), kind, _count(node)))
+    rows = _fold_rows(rows)
     header = ("name", "shape", "dtype", "trainable", "count")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     aligns = ["<", "<", "<", "<", ">"]

@@ -45,12 +45,8 @@ def test_summary_rows_and_totals():
     assert _rows(s) == [
         ["emb", "(10,", "4)", "bfloat16", "frozen", "40"],
         ["steps", "()", "int32", "buffer", "1"],
-        ["blocks.0.weight", "(4,", "4)", "float32", "yes", "16"],
-        ["blocks.0.bias", "(4,)", "float32", "yes", "4"],
-        ["blocks.1.weight", "(4,", "4)", "float32", "yes", "16"],
-        ["blocks.1.bias", "(4,)", "float32", "yes", "4"],
-        ["blocks.2.weight", "(4,", "4)", "float32", "yes", "16"],
-        ["blocks.2.bias", "(4,)", "float32", "yes", "4"],
+        ["blocks.0-2.weight", "(4,", "4)", "float32", "yes", "3", "x", "16"],
+        ["blocks.0-2.bias", "(4,)", "float32", "yes", "3", "x", "4"],
         ["blocks.3.weight", "(8,", "4)", "float32", "yes", "32"],
         ["blocks.3.bias", "(8,)", "float32", "yes", "8"],
         ["head.weight", "(2,", "8)", "float32", "yes", "16"],
@@ -113,3 +109,45 @@ def test_repr_folds_many_identical_blocks():
     assert "48 x Lin(weight=Parameter(f32[2,2])" in r
     different = repr(Deep([Lin(2, 2), Lin(2, 2).eval(), Lin(2, 2)]))
     assert different.count("Lin(") == 3  # only runs of identical items fold
+
+
+def test_summary_folds_48_identical_blocks_into_one_row_each():
+    class Deep(jp.Module):
+        blocks: list
+
+    s = Deep([Lin(4, 4) for _ in range(48)]).summary()
+    assert _rows(s) == [
+        ["blocks.0-47.weight", "(4,", "4)", "float32", "yes", "48", "x", "16"],
+        ["blocks.0-47.bias", "(4,)", "float32", "yes", "48", "x", "4"],
+    ]
+    assert s.splitlines()[-1].startswith("parameters: 960 (trainable 960, frozen 0)")
+
+
+def test_summary_does_not_fold_blocks_that_differ():
+    class Deep(jp.Module):
+        blocks: list
+
+    blocks = [Lin(4, 4), Lin(4, 4).freeze(), Lin(4, 4)]
+    names = [r[0] for r in _rows(Deep(blocks).summary())]
+    assert names == [
+        "blocks.0.weight",
+        "blocks.0.bias",
+        "blocks.1.weight",
+        "blocks.1.bias",
+        "blocks.2.weight",
+        "blocks.2.bias",
+    ]
+
+
+def test_repr_folds_repeated_modules_but_not_tuples_of_numbers():
+    class Conv(jp.Module):
+        weight: jp.Parameter
+        kernel_size: tuple = jp.field(static=True)
+
+    class Deep(jp.Module):
+        blocks: list
+
+    conv = Conv(jp.Parameter(jnp.ones((2, 2))), (3, 3))
+    text = repr(Deep([conv, conv, conv]))
+    assert "3 x Conv(" in text
+    assert "kernel_size=(3, 3)" in text

@@ -1,0 +1,136 @@
+"""Helpers shared by the layers: argument normalisation, PyTorch's default init, input checks.
+
+Shape checks run on static shapes, so they cost nothing under ``jax.jit`` (they run once, while
+tracing) and the error names the layer, what it expected and what it got.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+from .. import init
+from ..module import Module
+from ..parameter import Parameter
+
+
+def describe(layer: Module) -> str:
+    """``Linear(in_features=4, out_features=3)``: the layer and its hyperparameters, for errors."""
+    static = type(layer)._jp_static
+    args = ", ".join(f"{name}={layer.__dict__[name]!r}" for name in static)
+    return f"{type(layer).__name__}({args})"
+
+
+def shape_error(layer: Module, expected: str, x: Any) -> ValueError:
+    """The error for an input of the wrong shape: layer, expected shape and actual shape."""
+    got = tuple(jnp.shape(x))
+    return ValueError(f"{describe(layer)} expected input of shape {expected}, got shape {got}")
+
+
+def check_input(
+    layer: Module,
+    x: Any,
+    expected: str,
+    ndims: Sequence[int] | None = None,
+    sizes: dict[int, int] | None = None,
+) -> jax.Array:
+    """Returns ``x`` as an array after checking its rank and the sizes of some axes.
+
+    ``ndims`` lists the accepted ranks (any rank if ``None``); ``sizes`` maps an axis (negative
+    counts from the end) to the size it must have. ``expected`` describes the shape in the
+    error, e.g. ``"(N, 3, H, W)"``.
+    """
+    x = jnp.asarray(x)
+    if ndims is not None and x.ndim not in ndims:
+        raise shape_error(layer, expected, x)
+    for axis, size in (sizes or {}).items():
+        if not -x.ndim <= axis < x.ndim or x.shape[axis] != size:
+            raise shape_error(layer, expected, x)
+    return x
+
+
+def ntuple(value: Any, n: int, name: str) -> tuple[int, ...]:
+    """``3`` -> ``(3, 3)``; a sequence of ``n`` ints is returned as a tuple; else ``TypeError``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * n
+    if (
+        isinstance(value, Sequence)
+        and len(value) == n
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        return tuple(value)
+    raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+
+
+def require_key(key: Any, layer: str) -> jax.Array:
+    """Checks that a constructor got a PRNG key (``None`` is the common mistake)."""
+    if key is None:
+        raise TypeError(
+            f"{layer} needs a PRNG key to initialise its parameters: pass "
+            "key=jax.random.key(seed) (split one key for several layers)."
+        )
+    return key
+
+
+def torch_default_params(
+    key: jax.Array,
+    weight_shape: tuple[int, ...],
+    bias: bool,
+    bias_size: int,
+    dtype: DTypeLike,
+) -> tuple[Parameter, Parameter | None]:
+    """PyTorch's default init for Linear and convolutions.
+
+    The weight is ``kaiming_uniform(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and
+    the bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with ``fan_in`` taken from the weight's layout.
+    """
+    wkey, bkey = jax.random.split(key)
+    weight = Parameter(init.kaiming_uniform(wkey, weight_shape, dtype, a=math.sqrt(5)))
+    if not bias:
+        return weight, None
+    fan_in, _ = init.fan_in_and_fan_out(weight_shape)
+    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return weight, Parameter(init.uniform(bkey, (bias_size,), dtype, -bound, bound))
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """At least float32: statistics of low-precision inputs are computed in float32."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def add_context(err: BaseException, where: str) -> None:
+    """Adds ``where`` (which layer of a container failed) to an error's traceback (3.11+)."""
+    if hasattr(err, "add_note"):
+        err.add_note(where)
+
+
+def standardize(
+    x: jax.Array, axes: tuple[int, ...], eps: float
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``((x - mean) / sqrt(var + eps), mean, var)`` over ``axes`` with the biased variance.
+
+    Computed in at least float32; the normalised value is returned in that dtype (callers cast
+    back after the affine step). ``mean`` and ``var`` keep the reduced axes.
+    """
+    x = x.astype(compute_dtype(x.dtype))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps), mean, var
+
+
+def affine(
+    y: jax.Array,
+    weight: Parameter | None,
+    bias: Parameter | None,
+    shape: tuple[int, ...] | None = None,
+) -> jax.Array:
+    """``y * weight + bias`` (either may be ``None``), parameters reshaped to ``shape`` if given."""
+    for p, op in ((weight, jnp.multiply), (bias, jnp.add)):
+        if p is not None:
+            y = op(y, p.value if shape is None else p.value.reshape(shape))
+    return y

@@ -1,0 +1,160 @@
+"""`BatchNorm1d` and `BatchNorm2d`: batch statistics in training, running statistics in eval.
+
+The running statistics are `jp.Buffer` s (``running_mean``, ``running_var``,
+``num_batches_tracked``, PyTorch's names), so they are saved and loaded with the model but never
+see gradients or optimizer state. A module is immutable, so a training-mode call cannot update
+them in place. Instead:
+
+- ``bn(x)`` always returns just the output. In training mode it hands its updated copy to the
+  enclosing `nn.stateful_call`, which returns the whole model with new statistics::
+
+      model = model.train()
+      y, model = nn.stateful_call(model, x)      # works through Sequential, MLP, your modules
+      y = model.eval()(x)                        # uses the running statistics
+
+  Called in training mode outside `nn.stateful_call`, it raises instead of dropping the update.
+- ``bn.forward_train(x) -> (y, new_bn)`` is the same step for one layer, with no context.
+
+The running variance is updated with the unbiased batch variance while the batch is normalised
+with the biased one, exactly as PyTorch does; ``momentum=None`` gives the cumulative average.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+from .. import init
+from ..module import Module, field
+from ..parameter import Buffer, Parameter
+from ._utils import affine, check_input, compute_dtype, describe, standardize
+from .stateful import update_state
+
+__all__ = ["BatchNorm1d", "BatchNorm2d"]
+
+
+class _BatchNorm(Module):
+    """The body shared by `BatchNorm1d` and `BatchNorm2d` (they differ in accepted ranks)."""
+
+    _ndims: ClassVar[tuple[int, ...]]
+    _layout: ClassVar[str]
+
+    weight: Parameter | None
+    bias: Parameter | None
+    running_mean: Buffer | None
+    running_var: Buffer | None
+    num_batches_tracked: Buffer | None
+    num_features: int = field(static=True)
+    eps: float = field(static=True)
+    momentum: float | None = field(static=True)
+    affine: bool = field(static=True)
+    track_running_stats: bool = field(static=True)
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        *,
+        dtype: DTypeLike = jnp.float32,
+    ) -> None:
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        shape = (num_features,)
+        self.weight = Parameter(init.ones(None, shape, dtype)) if affine else None
+        self.bias = Parameter(init.zeros(None, shape, dtype)) if affine else None
+        if track_running_stats:
+            self.running_mean = Buffer(init.zeros(None, shape, dtype))
+            self.running_var = Buffer(init.ones(None, shape, dtype))
+            # int64 in PyTorch; JAX's default integer (int32 unless x64 is enabled) here.
+            self.num_batches_tracked = Buffer(jnp.zeros((), int))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def _check(self, x: jax.Array) -> jax.Array:
+        layout = self._layout.format(c=self.num_features)
+        return check_input(self, x, layout, self._ndims, {1: self.num_features})
+
+    def _out(self, y: jax.Array, x: jax.Array) -> jax.Array:
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        return affine(y, self.weight, self.bias, shape).astype(x.dtype)
+
+    def forward_train(self, x: jax.Array) -> tuple[jax.Array, _BatchNorm]:
+        """Normalises with batch statistics and returns ``(y, bn_with_updated_statistics)``.
+
+        Without running statistics (``track_running_stats=False``) the layer is returned as is.
+        """
+        x = self._check(x)
+        y, mean, var = standardize(x, (0, *range(2, x.ndim)), self.eps)
+        y = self._out(y, x)
+        if not self.track_running_stats:
+            return y, self
+        n = x.size // self.num_features
+        if n < 2:
+            raise ValueError(
+                f"{describe(self)} in training mode needs more than 1 value per channel to "
+                f"estimate a variance, got input of shape {tuple(x.shape)}"
+            )
+        count = self.num_batches_tracked.value + 1
+        rate = 1.0 / count if self.momentum is None else self.momentum
+        # Statistics are no part of the gradient (PyTorch updates them under no_grad).
+        mean = jax.lax.stop_gradient(mean.reshape(-1))
+        unbiased = jax.lax.stop_gradient(var.reshape(-1)) * (n / (n - 1))
+        new = self.replace(
+            running_mean=self._blend(self.running_mean, mean, rate),
+            running_var=self._blend(self.running_var, unbiased, rate),
+            num_batches_tracked=self.num_batches_tracked.replace(count),
+        )
+        return y, new
+
+    @staticmethod
+    def _blend(running: Buffer, batch: jax.Array, rate: jax.Array | float) -> Buffer:
+        old = running.value.astype(compute_dtype(running.dtype))
+        return running.replace(((1 - rate) * old + rate * batch).astype(running.dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises ``x``; in training mode with running statistics, records their update.
+
+        See the module docstring: the update reaches you through `nn.stateful_call`.
+        """
+        if self.training and self.track_running_stats:
+            return update_state(self, lambda bn: bn.forward_train(x))
+        if not self.track_running_stats:  # batch statistics in both modes, as in PyTorch
+            return self.forward_train(x)[0]
+        x = self._check(x)
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        xc = x.astype(compute_dtype(x.dtype))
+        mean = self.running_mean.value.reshape(shape)
+        var = self.running_var.value.reshape(shape)
+        return self._out((xc - mean) * jax.lax.rsqrt(var + self.eps), x)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of ``(N, C)`` or ``(N, C, L)`` inputs per channel, PyTorch's
+    ``nn.BatchNorm1d``. See `jparam.nn.batchnorm` for how running statistics are updated."""
+
+    _ndims = (2, 3)
+    _layout = "(N, {c}) or (N, {c}, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of ``(N, C, H, W)`` inputs per channel, PyTorch's ``nn.BatchNorm2d``.
+
+    Training mode normalises with the batch's statistics and records updated running
+    statistics for `nn.stateful_call`; evaluation mode uses the running statistics::
+
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, key=key), nn.BatchNorm2d(8), nn.ReLU())
+        y, model = jax.jit(nn.stateful_call)(model, x)
+        y_eval = model.eval()(x)
+    """
+
+    _ndims = (4,)
+    _layout = "(N, {c}, H, W)"

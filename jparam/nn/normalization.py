@@ -1,0 +1,165 @@
+"""Normalisation over features: `LayerNorm`, `RMSNorm` and `GroupNorm` (PyTorch's semantics).
+
+Statistics of float16/bfloat16 inputs are computed in float32 and the result is cast back, so
+low-precision models normalise as accurately as PyTorch's fused kernels. These layers take no
+PRNG key: their parameters start as ones (scale) and zeros (shift), as in PyTorch.
+`BatchNorm1d`/`BatchNorm2d` live in `jparam.nn.batchnorm` because they carry state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import DTypeLike
+
+from .. import init
+from ..module import Module, field
+from ..parameter import Parameter
+from ._utils import affine, check_input, compute_dtype, standardize
+
+__all__ = ["GroupNorm", "LayerNorm", "RMSNorm"]
+
+
+def _shape_tuple(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
+        return (normalized_shape,)
+    shape = tuple(normalized_shape)
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {shape!r}")
+    return shape
+
+
+def _ones(shape: tuple[int, ...], dtype: DTypeLike) -> Parameter:
+    return Parameter(init.ones(None, shape, dtype))
+
+
+def _zeros(shape: tuple[int, ...], dtype: DTypeLike) -> Parameter:
+    return Parameter(init.zeros(None, shape, dtype))
+
+
+def _check_trailing(layer: Module, x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    sizes = {i - len(shape): d for i, d in enumerate(shape)}
+    return check_input(layer, x, f"(..., {', '.join(map(str, shape))})", sizes=sizes)
+
+
+class LayerNorm(Module):
+    """Normalises each sample over its trailing ``normalized_shape`` axes, PyTorch's LayerNorm.
+
+    ``weight`` (ones) and ``bias`` (zeros) have ``normalized_shape``; ``elementwise_affine=False``
+    drops both and ``bias=False`` drops the shift. The variance is the biased one, as in PyTorch.
+    """
+
+    weight: Parameter | None
+    bias: Parameter | None
+    normalized_shape: tuple[int, ...] = field(static=True)
+    eps: float = field(static=True)
+    elementwise_affine: bool = field(static=True)
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float = 1e-5,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        *,
+        dtype: DTypeLike = jnp.float32,
+    ) -> None:
+        shape = _shape_tuple(normalized_shape)
+        self.normalized_shape = shape
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.weight = _ones(shape, dtype) if elementwise_affine else None
+        self.bias = _zeros(shape, dtype) if elementwise_affine and bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises ``x`` of shape ``(..., *normalized_shape)``; the output has x's dtype."""
+        x = _check_trailing(self, x, self.normalized_shape)
+        axes = tuple(range(x.ndim - len(self.normalized_shape), x.ndim))
+        y, _, _ = standardize(x, axes, self.eps)
+        return affine(y, self.weight, self.bias).astype(x.dtype)
+
+
+class RMSNorm(Module):
+    """Scales each sample by the reciprocal root mean square of its trailing axes, PyTorch's
+    ``nn.RMSNorm``: ``x / sqrt(mean(x**2) + eps) * weight``.
+
+    Cheaper than LayerNorm (no mean, no shift), the norm of most recent transformers.
+    ``eps=None`` uses the machine epsilon of the input's dtype, as in PyTorch.
+    """
+
+    weight: Parameter | None
+    normalized_shape: tuple[int, ...] = field(static=True)
+    eps: float | None = field(static=True)
+    elementwise_affine: bool = field(static=True)
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float | None = None,
+        elementwise_affine: bool = True,
+        *,
+        dtype: DTypeLike = jnp.float32,
+    ) -> None:
+        shape = _shape_tuple(normalized_shape)
+        self.normalized_shape = shape
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.weight = _ones(shape, dtype) if elementwise_affine else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises ``x`` of shape ``(..., *normalized_shape)``; the output has x's dtype."""
+        x = _check_trailing(self, x, self.normalized_shape)
+        eps = jnp.finfo(x.dtype).eps if self.eps is None else self.eps
+        axes = tuple(range(x.ndim - len(self.normalized_shape), x.ndim))
+        xc = x.astype(compute_dtype(x.dtype))
+        y = xc * jax.lax.rsqrt(jnp.mean(jnp.square(xc), axis=axes, keepdims=True) + eps)
+        return affine(y, self.weight, None).astype(x.dtype)
+
+
+class GroupNorm(Module):
+    """Normalises ``(N, C, *)`` inputs over groups of ``C / num_groups`` channels (and all
+    spatial positions), PyTorch's ``nn.GroupNorm``.
+
+    Independent of the batch size, so it behaves the same in training and evaluation.
+    ``weight``/``bias`` are per channel, ones and zeros; ``affine=False`` drops them.
+    """
+
+    weight: Parameter | None
+    bias: Parameter | None
+    num_groups: int = field(static=True)
+    num_channels: int = field(static=True)
+    eps: float = field(static=True)
+    affine: bool = field(static=True)
+
+    def __init__(
+        self,
+        num_groups: int,
+        num_channels: int,
+        eps: float = 1e-5,
+        affine: bool = True,
+        *,
+        dtype: DTypeLike = jnp.float32,
+    ) -> None:
+        if num_groups < 1 or num_channels % num_groups:
+            raise ValueError(
+                f"GroupNorm needs num_channels divisible by num_groups, got "
+                f"num_channels={num_channels}, num_groups={num_groups}"
+            )
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = eps
+        self.affine = affine
+        self.weight = _ones((num_channels,), dtype) if affine else None
+        self.bias = _zeros((num_channels,), dtype) if affine else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises ``x`` of shape ``(N, num_channels, *)``; the output has x's dtype."""
+        c, g = self.num_channels, self.num_groups
+        x = check_input(self, x, f"(N, {c}, *)", sizes={1: c})
+        grouped = x.reshape(x.shape[0], g, c // g, *x.shape[2:])
+        y, _, _ = standardize(grouped, tuple(range(2, grouped.ndim)), self.eps)
+        y = y.reshape(x.shape)
+        y = affine(y, self.weight, self.bias, (c,) + (1,) * (x.ndim - 2))
+        return y.astype(x.dtype)

@@ -1,0 +1,126 @@
+"""State updates in a pure world: running statistics without ``y, model = model(x)`` everywhere.
+
+Every layer's ``__call__`` returns only its output. A layer that updates state while it runs
+(BatchNorm in training mode) hands its updated copy to `update_state`, which records it in the
+innermost `stateful_call`. `stateful_call` runs the model and returns ``(output, new_model)``
+with every recorded update put in place::
+
+    @jax.jit
+    def train_step(model, x, y):
+        def loss_fn(model):
+            out, new_model = nn.stateful_call(model, x)   # BatchNorm statistics updated
+            return jnp.mean((out - y) ** 2), new_model
+        (loss, new_model), grads = jp.value_and_grad(loss_fn, has_aux=True)(model)
+        ...  # apply `grads` to `new_model`, which carries the new statistics
+
+Containers need nothing special: `Sequential`, `MLP` and your own modules just call their
+children. The record lives only while `stateful_call` runs, inside whatever trace calls it, so
+under ``jax.jit`` the updates are ordinary traced outputs of the jitted function; nothing global
+survives the trace. Calling a stateful layer in training mode outside `stateful_call` raises,
+rather than silently dropping its update.
+
+Limits: a stateful layer run inside a JAX transform *within* the model (``lax.scan`` over
+layers, ``jax.checkpoint``, ``jax.vmap``) would record values of that inner trace; carry the
+state through such a transform explicitly (``forward_train``) instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..module import Module
+from ..paths import walk
+from ..surgery import at
+from ._utils import describe
+
+__all__ = ["stateful_call", "update_state"]
+
+M = TypeVar("M", bound=Module)
+_local = threading.local()
+
+
+def _records() -> list[dict[int, tuple[Module, Module]]]:
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    return stack
+
+
+def update_state(module: M, step: Callable[[M], tuple[Any, M]]) -> Any:
+    """Runs ``step(module) -> (output, new_module)``, records ``new_module``, returns the output.
+
+    This is how a stateful layer's ``__call__`` reports its new state to the enclosing
+    `stateful_call`. If the same module object already ran in this call (a shared layer used
+    twice), ``step`` gets its updated version, so updates accumulate as in PyTorch::
+
+        def __call__(self, x):                  # a layer that counts its training calls
+            if not self.training:
+                return x
+            bump = lambda m: (x, m.replace(count=m.count.replace(m.count.value + 1)))
+            return nn.update_state(self, bump)
+    """
+    stack = _records()
+    if not stack:
+        raise RuntimeError(
+            f"{describe(module)} is in training mode and updates its state, but it was called "
+            "outside nn.stateful_call. Run the model as `y, model = nn.stateful_call(model, x)` "
+            "to get the updated model, call `.eval()` for inference, or use the layer's "
+            "`forward_train(x) -> (y, new_layer)`."
+        )
+    records = stack[-1]
+    current = records.get(id(module), (module, module))[1]
+    out, new = step(current)
+    # Keeping `module` alive in the record means its id cannot be reused during the call.
+    records[id(module)] = (module, new)
+    return out
+
+
+def _tree_of(model: Any) -> Any:
+    if inspect.ismethod(model) and isinstance(model.__self__, Module):
+        return model.__self__
+    if isinstance(model, Module):
+        return model
+    raise TypeError(
+        "stateful_call expects a jp.Module (or a bound method of one, e.g. model.encode), "
+        f"got {type(model).__name__}"
+    )
+
+
+def stateful_call(model: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """Calls ``model(*args, **kwargs)`` and returns ``(output, model with updated state)``.
+
+    ``model`` is a `jp.Module` or a bound method of one (``nn.stateful_call(net.encode, x)``);
+    the returned model is that module with every state update recorded by `update_state` put
+    in place (shared layers at each place they appear). Nothing is updated in evaluation mode,
+    so the same code serves both. Works inside ``jax.jit``, ``jax.grad`` (return the model as
+    auxiliary output) and nested calls (each returns the updates made inside it).
+    """
+    tree = _tree_of(model)
+    records: dict[int, tuple[Module, Module]] = {}
+    stack = _records()
+    stack.append(records)
+    try:
+        out = model(*args, **kwargs)
+    finally:
+        stack.pop()
+    if not records:
+        return out, tree
+    names: dict[int, list[str]] = {}
+    for name, node in walk(tree):
+        if isinstance(node, Module) and id(node) in records and records[id(node)][0] is node:
+            names.setdefault(id(node), []).append(name)
+    missing = [describe(old) for i, (old, _) in records.items() if i not in names]
+    if missing:
+        raise ValueError(
+            f"stateful_call: {', '.join(missing)} updated its state but is not part of the "
+            f"{type(tree).__name__} being called (a layer captured from outside the model?); "
+            "make it a field of the model so its new state has a place to go."
+        )
+    for i, where in names.items():
+        new = records[i][1]
+        for name in where:
+            tree = new if name == "" else at(tree, name).set(new)
+    return out, tree

@@ -1,0 +1,91 @@
+"""Sequential: order, names, indexing, key splitting, training mode and error context."""
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from nn_parity import assert_close, random
+
+import jparam as jp
+from jparam import nn
+
+
+def _model(key):
+    k1, k2 = jax.random.split(key)
+    return nn.Sequential(
+        nn.Linear(4, 8, key=k1), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2, key=k2)
+    )
+
+
+def test_sequential_matches_torch_with_prefixed_names(torch, key):
+    tm = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    k1, k2 = jax.random.split(key)
+    jm = nn.Sequential(nn.Linear(4, 8, key=k1), nn.ReLU(), nn.Linear(8, 2, key=k2))
+    jm = jm.load_state_dict({f"layers.{k}": v for k, v in tm.state_dict().items()})
+    assert list(jm.state_dict()) == [f"layers.{k}" for k in tm.state_dict()]
+    x = random((3, 4))
+    assert_close(jm(x), tm(torch.from_numpy(x)))
+
+
+def test_sequential_indexing_len_iteration_and_slices(key):
+    model = _model(key)
+    assert len(model) == 4
+    assert isinstance(model[0], nn.Linear) and model[-1] is model.layers[3]
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Dropout", "Linear"]
+    head = model.eval()[:2]
+    assert isinstance(head, nn.Sequential) and len(head) == 2 and not head.training
+    assert [n for n, _ in model.named_parameters()] == [
+        "layers.0.weight",
+        "layers.0.bias",
+        "layers.3.weight",
+        "layers.3.bias",
+    ]
+
+
+def test_sequential_splits_its_key_among_layers_that_take_one(key):
+    model = _model(key)
+    x = jnp.ones((2, 4))
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        model(x)
+    a, b = model(x, key=jax.random.key(1)), model(x, key=jax.random.key(2))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(
+        jax.jit(lambda m, x, k: m(x, key=k))(model, x, key), model(x, key=key)
+    )
+    evaluated = model.eval()
+    np.testing.assert_allclose(evaluated(x), evaluated(x, key=key))  # eval: no randomness
+    assert nn.takes_key(model) and nn.takes_key(nn.Dropout()) and not nn.takes_key(nn.ReLU())
+
+
+def test_nested_sequentials_get_distinct_keys(key):
+    inner = nn.Sequential(nn.Dropout(0.5))
+    model = nn.Sequential(inner, inner)
+    x = jnp.ones(256)
+    y = model(x, key=key)
+    first = inner(x, key=jax.random.split(key, 2)[0])
+    np.testing.assert_array_equal(y != 0, (first != 0) & (y != 0))  # a second, different mask
+    assert (y == 0).mean() > 0.6  # two independent p=0.5 masks drop about 3/4
+
+
+def test_train_eval_reach_every_layer(key):
+    model = _model(key).eval()
+    assert all(not m.training for m in model.modules())
+    assert all(m.training for m in model.train().modules())
+
+
+def test_sequential_rejects_functions_and_adds_error_context(key):
+    with pytest.raises(TypeError, match=r"layer 1 is a function.*nn.ReLU\(\)"):
+        nn.Sequential(nn.ReLU(), jax.nn.relu)
+    model = nn.Sequential(nn.ReLU(), nn.Linear(3, 2, key=key))
+    with pytest.raises(ValueError, match=r"Linear\(in_features=3") as info:
+        model(jnp.ones((1, 4)))
+    if sys.version_info >= (3, 11):
+        assert "in layers.1 of Sequential: Linear" in "".join(info.value.__notes__)
+
+
+def test_sequential_gradients_are_named_like_its_parameters(key):
+    model = _model(key).eval()
+    grads = jax.grad(lambda m: m(jnp.ones((1, 4))).sum())(model)
+    assert [n for n, _ in jp.named_parameters(grads)] == [n for n, _ in model.named_parameters()]
