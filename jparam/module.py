@@ -41,19 +41,27 @@ __all__ = ["Module", "field"]
 M = TypeVar("M", bound="Module")
 _new = object.__new__
 _STATIC = "jparam_static"
+_INLINE = "jparam_inline"
 _TRAINING = "training"
 # ids of module instances whose __init__ is running: only they accept attribute assignment.
 _CONSTRUCTING: set[int] = set()
 
 
-def field(*, static: bool = False, **kwargs: Any) -> Any:
+def field(*, static: bool = False, inline: bool = False, **kwargs: Any) -> Any:
     """Declares a module field; ``static=True`` puts it in the treedef (hyperparameters).
+
+    ``inline=True`` (for one list or tuple field) names its items directly under the module,
+    ``0``, ``1``, ... instead of ``field.0``: PyTorch's ``nn.Sequential``/``nn.ModuleList``
+    naming, so their ``state_dict`` keys load unchanged.
 
     Takes ``dataclasses.field``'s keyword arguments (``default``, ``default_factory``, ...).
     Static values must be hashable: they are compared on every ``jax.jit`` cache lookup.
     """
+    if static and inline:
+        raise TypeError("a field cannot be both static and inline")
     metadata = dict(kwargs.pop("metadata", None) or {})
     metadata[_STATIC] = static
+    metadata[_INLINE] = inline
     return dataclasses.field(metadata=metadata, **kwargs)
 
 
@@ -62,35 +70,58 @@ def _register(cls: type) -> None:
 
     Generated code reads and writes the instance dict with literal keys: no loops, no zips, no
     ``__init__``. This is the per-node cost every jitted call pays on its inputs and outputs.
+    An inline field contributes its items as children (keyed ``[0]``, ``[1]``, ...) and its
+    length and container type to the static part.
     """
     fields = dataclasses.fields(cls)
     dynamic = tuple(f.name for f in fields if not f.metadata.get(_STATIC, False))
     static = (*(f.name for f in fields if f.metadata.get(_STATIC, False)), _TRAINING)
-    get_dynamic = "".join(f"d[{n!r}], " for n in dynamic)
-    get_keyed = "".join(f"(keys[{i}], d[{n!r}]), " for i, n in enumerate(dynamic))
-    get_static = "".join(f"d[{n!r}], " for n in static)
-    put = ", ".join(
-        [f"{n!r}: children[{i}]" for i, n in enumerate(dynamic)]
-        + [f"{n!r}: aux[{i}]" for i, n in enumerate(static)]
+    inline = [f.name for f in fields if f.metadata.get(_INLINE, False)]
+    if len(inline) > 1:
+        raise TypeError(f"{cls.__name__}: at most one field can be inline, got {inline}")
+    inline_name = inline[0] if inline else None
+    get_dynamic, get_keyed, put = [], [], []
+    for i, n in enumerate(dynamic):
+        if n == inline_name:
+            get_dynamic.append(f"*d[{n!r}]")
+            get_keyed.append(f"*zip(SequenceKey_range(len(d[{n!r}])), d[{n!r}])")
+            put.append(f"{n!r}: aux[-1](children[{i}:{i} + aux[-2]])")
+        else:
+            get_dynamic.append(f"d[{n!r}]")
+            get_keyed.append(f"(keys[{i}], d[{n!r}])")
+            shift = " - 1 + aux[-2]" if inline_name and i > dynamic.index(inline_name) else ""
+            put.append(f"{n!r}: children[{i}{shift}]")
+    get_static = [f"d[{n!r}]" for n in static]
+    if inline_name:
+        get_static += [f"len(d[{inline_name!r}])", f"type(d[{inline_name!r}])"]
+    put += [f"{n!r}: aux[{i}]" for i, n in enumerate(static)]
+    dyn, keyed, stat = (
+        ", ".join(x) + ("," if x else "") for x in (get_dynamic, get_keyed, get_static)
     )
     source = f"""
 def flatten(m):
     d = m.__dict__
-    return ({get_dynamic}), ({get_static})
+    return ({dyn}), ({stat})
 
 def flatten_with_keys(m):
     d = m.__dict__
-    return ({get_keyed}), ({get_static})
+    return ({keyed}), ({stat})
 
 def unflatten(aux, children):
     m = new(cls)
-    m.__dict__.update({{{put}}})
+    m.__dict__.update({{{", ".join(put)}}})
     return m
 """
-    namespace = {"new": _new, "cls": cls, "keys": [tree_util.GetAttrKey(n) for n in dynamic]}
+    namespace = {
+        "new": _new,
+        "cls": cls,
+        "keys": [tree_util.GetAttrKey(n) for n in dynamic],
+        "SequenceKey_range": lambda n: map(tree_util.SequenceKey, range(n)),
+    }
     exec(compile(source, f"<jparam pytree functions for {cls.__qualname__}>", "exec"), namespace)
     cls._jp_dynamic = dynamic
     cls._jp_static = static[:-1]
+    cls._jp_inline = inline_name
     tree_util.register_pytree_with_keys(
         cls,
         namespace["flatten_with_keys"],
@@ -149,6 +180,8 @@ def _finish_construction(obj: Module) -> None:
             "assign every declared field (None is allowed) or give it a default."
         )
     d.setdefault(_TRAINING, True)
+    if cls._jp_inline is not None:
+        _check_inline(cls, cls._jp_inline, d[cls._jp_inline])
     for name in cls._jp_static:
         _check_static(cls, name, d[name])
     for name in cls._jp_dynamic:
@@ -168,6 +201,14 @@ def _check_static(cls: type, name: str, value: Any) -> None:
         raise TypeError(
             f"{cls.__name__}.{name} is a static field but is not hashable: {e}"
         ) from None
+
+
+def _check_inline(cls: type, name: str, value: Any) -> None:
+    if type(value) not in (list, tuple):
+        raise TypeError(
+            f"{cls.__name__}.{name} is an inline field and must hold a list or tuple, "
+            f"got {type(value).__name__}"
+        )
 
 
 _ARRAY_LEAVES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct)
@@ -202,6 +243,7 @@ class Module(metaclass=_ModuleMeta):
 
     _jp_dynamic: ClassVar[tuple[str, ...]] = ()
     _jp_static: ClassVar[tuple[str, ...]] = ()
+    _jp_inline: ClassVar[str | None] = None
 
     @property
     def training(self) -> bool:
@@ -252,6 +294,8 @@ class Module(metaclass=_ModuleMeta):
             if name in cls._jp_static or name == _TRAINING:
                 _check_static(cls, name, value)
             else:
+                if name == cls._jp_inline:
+                    _check_inline(cls, name, value)
                 _check_dynamic(cls, name, value)
         return self._copy_with(fields)
 

@@ -80,7 +80,14 @@ def children(node: Any) -> list[tuple[str, Any]]:
     """The named direct children of one pytree node (``[]`` for leaves and variables)."""
     if isinstance(node, Module):
         d = node.__dict__
-        return [(name, d[name]) for name in type(node)._jp_dynamic]
+        inline = type(node)._jp_inline
+        out = []
+        for name in type(node)._jp_dynamic:
+            if name == inline:
+                out.extend((str(i), item) for i, item in enumerate(d[name]))
+            else:
+                out.append((name, d[name]))
+        return out
     if isinstance(node, (_Variable, jax.Array, np.ndarray)) or node is None:
         return []
     if type(node) in (list, tuple):

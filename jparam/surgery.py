@@ -25,8 +25,11 @@ _GLOB_CHARS = frozenset("*?[")
 def _child_index(node: Any, seg: str) -> Any:
     """The index/key/field under which ``node`` holds the child named ``seg``, or raise."""
     if isinstance(node, Module):
-        if seg in type(node)._jp_dynamic:
+        inline = type(node)._jp_inline
+        if seg in type(node)._jp_dynamic and seg != inline:
             return seg
+        if inline is not None and seg.isdigit() and int(seg) < len(node.__dict__[inline]):
+            return int(seg)  # an item of the inline field
     elif type(node) in (list, tuple):
         if seg.isdigit() and int(seg) < len(node):
             return int(seg)
@@ -42,6 +45,9 @@ def _child_index(node: Any, seg: str) -> Any:
 
 
 def _replace_child(node: Any, index: Any, value: Any) -> Any:
+    if isinstance(node, Module) and isinstance(index, int):
+        inline = type(node)._jp_inline
+        return node._copy_with({inline: _replace_child(node.__dict__[inline], index, value)})
     if isinstance(node, Module):
         return node._copy_with({index: value})
     if type(node) in (list, tuple):
@@ -59,6 +65,8 @@ def _replace_child(node: Any, index: Any, value: Any) -> Any:
 
 
 def _get_child(node: Any, index: Any, seg: str) -> Any:
+    if isinstance(node, Module) and isinstance(index, int):
+        return node.__dict__[type(node)._jp_inline][index]
     if isinstance(node, Module):
         return node.__dict__[index]
     if type(node) in (list, tuple) or isinstance(node, dict):

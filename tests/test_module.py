@@ -556,3 +556,52 @@ def test_jit_retraces_when_static_structure_changes(change):
     assert len(traces) == 2
     f(change(net), x)  # the changed structure is cached too
     assert len(traces) == 2
+
+
+class _InlineItem(jp.Module):
+    weight: jp.Parameter
+
+
+class _Stack(jp.Module):
+    head: jp.Parameter
+    items: list = jp.field(inline=True)
+    tail: jp.Parameter
+    depth: int = jp.field(static=True)
+
+
+def _stack(n=3):
+    items = [_InlineItem(jp.Parameter(jnp.full((2,), float(i)))) for i in range(n)]
+    return _Stack(jp.Parameter(jnp.ones(1)), items, jp.Parameter(jnp.zeros(3)), n)
+
+
+def test_inline_field_names_items_directly_like_torch_sequential():
+    model = _stack()
+    assert list(model.state_dict()) == ["head", "tail", "0.weight", "1.weight", "2.weight"]
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(model)[0]]
+    assert paths == [".head.value", "[0].weight.value", "[1].weight.value",
+                     "[2].weight.value", ".tail.value"]  # fmt: skip
+
+
+def test_inline_field_round_trips_through_jit_split_and_surgery():
+    model = _stack()
+    out = jax.jit(lambda m: m)(model)
+    assert type(out.items) is list and len(out.items) == 3 and out.depth == 3
+    chex.assert_trees_all_equal(out.state_dict(), model.state_dict())
+    params, rest = jp.split(model, jp.trainable)
+    assert "1.weight" in params
+    chex.assert_trees_all_equal(jp.merge(params, rest).state_dict(), model.state_dict())
+    changed = jp.at(model, "1.weight").set(jnp.full((2,), 9.0))
+    assert changed.items[1].weight.value.tolist() == [9.0, 9.0]
+    assert model.items[1].weight.value.tolist() == [1.0, 1.0]
+    loaded = model.load_state_dict({**model.state_dict(), "2.weight": jnp.full((2,), 7.0)})
+    assert loaded.items[2].weight.value.tolist() == [7.0, 7.0]
+
+
+def test_inline_field_must_hold_a_sequence_and_be_unique():
+    with pytest.raises(TypeError, match="inline field and must hold a list or tuple"):
+        _Stack(jp.Parameter(jnp.ones(1)), {"a": 1}, jp.Parameter(jnp.ones(1)), 1)
+    with pytest.raises(TypeError, match="at most one field can be inline"):
+
+        class _Two(jp.Module):
+            a: list = jp.field(inline=True)
+            b: list = jp.field(inline=True)

@@ -9,7 +9,7 @@ from typing import Any, overload
 
 import jax
 
-from ..module import Module
+from ..module import Module, field
 from ._utils import add_context
 
 __all__ = ["Sequential", "takes_key"]
@@ -34,10 +34,9 @@ def takes_key(layer: Module) -> bool:
 class Sequential(Module):
     """Calls its layers in order, each on the previous one's output, PyTorch's ``nn.Sequential``.
 
-    The layers live in the ``layers`` field, so parameter names are ``layers.0.weight``,
-    ``layers.2.bias`` ... (PyTorch's ``nn.Sequential`` names them ``0.weight``: prefix its keys
-    with ``layers.`` to load them). Indexing, slicing (a new `Sequential`), ``len`` and iteration
-    work as in PyTorch.
+    The layers live in the inline ``layers`` field, so parameter names are PyTorch's:
+    ``0.weight``, ``2.bias`` ..., and a PyTorch ``nn.Sequential`` ``state_dict`` loads as it is.
+    Indexing, slicing (a new `Sequential`), ``len`` and iteration work as in PyTorch.
 
     ``seq(x, key=key)`` is the only extra argument: the key is split into one key for each layer
     that takes a keyword-only ``key`` (see `takes_key`), so dropout anywhere inside gets fresh
@@ -49,7 +48,7 @@ class Sequential(Module):
         y = model(x, key=jax.random.key(3))
     """
 
-    layers: tuple[Module, ...]
+    layers: tuple[Module, ...] = field(inline=True)
 
     def __init__(self, *layers: Module) -> None:
         for i, layer in enumerate(layers):
@@ -69,7 +68,7 @@ class Sequential(Module):
             try:
                 x = layer(x, key=next(keys)) if wants_key and key is not None else layer(x)
             except Exception as e:  # say where in the container it failed, then re-raise
-                add_context(e, f"(in layers.{i} of {type(self).__name__}: {type(layer).__name__})")
+                add_context(e, f"(in layer {i} of {type(self).__name__}: {type(layer).__name__})")
                 raise
         return x
 

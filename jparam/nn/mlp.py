@@ -22,9 +22,8 @@ class MLP(Sequential):
     """``Linear -> [norm] -> activation -> Dropout`` per hidden layer, then ``Linear -> Dropout``.
 
     The layout of ``torchvision.ops.MLP``: ``hidden_channels`` lists every layer's width, the
-    last being the output size. It is a `Sequential`, so names are ``layers.0.weight``,
-    ``layers.3.weight`` ... (torchvision's ``0.weight`` with the ``layers.`` prefix) and
-    ``mlp(x, key=key)`` feeds the dropout layers.
+    last being the output size. It is a `Sequential`, so names are torchvision's
+    (``0.weight``, ``3.weight`` ...) and ``mlp(x, key=key)`` feeds the dropout layers.
 
     ``norm_layer`` and ``activation_layer`` are callables returning a module (a class such as
     ``nn.LayerNorm``/``nn.GELU``, or a ``functools.partial``); ``norm_layer`` gets the width.

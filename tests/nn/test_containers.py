@@ -23,8 +23,8 @@ def test_sequential_matches_torch_with_prefixed_names(torch, key):
     tm = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
     k1, k2 = jax.random.split(key)
     jm = nn.Sequential(nn.Linear(4, 8, key=k1), nn.ReLU(), nn.Linear(8, 2, key=k2))
-    jm = jm.load_state_dict({f"layers.{k}": v for k, v in tm.state_dict().items()})
-    assert list(jm.state_dict()) == [f"layers.{k}" for k in tm.state_dict()]
+    jm = jm.load_state_dict(tm.state_dict())
+    assert list(jm.state_dict()) == list(tm.state_dict())
     x = random((3, 4))
     assert_close(jm(x), tm(torch.from_numpy(x)))
 
@@ -37,10 +37,10 @@ def test_sequential_indexing_len_iteration_and_slices(key):
     head = model.eval()[:2]
     assert isinstance(head, nn.Sequential) and len(head) == 2 and not head.training
     assert [n for n, _ in model.named_parameters()] == [
-        "layers.0.weight",
-        "layers.0.bias",
-        "layers.3.weight",
-        "layers.3.bias",
+        "0.weight",
+        "0.bias",
+        "3.weight",
+        "3.bias",
     ]
 
 
@@ -82,7 +82,7 @@ def test_sequential_rejects_functions_and_adds_error_context(key):
     with pytest.raises(ValueError, match=r"Linear\(in_features=3") as info:
         model(jnp.ones((1, 4)))
     if sys.version_info >= (3, 11):
-        assert "in layers.1 of Sequential: Linear" in "".join(info.value.__notes__)
+        assert "in layer 1 of Sequential: Linear" in "".join(info.value.__notes__)
 
 
 def test_sequential_gradients_are_named_like_its_parameters(key):
