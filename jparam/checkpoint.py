@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from .optim import Optimizer
-from .serialization import PathLike, _fsync_dir, load, load_file, save
+from .serialization import PathLike, _fsync_dir, _save, atomic_path, load, load_file, save
 
 __all__ = ["latest_step", "load_checkpoint", "save_checkpoint"]
 
@@ -89,21 +89,24 @@ def save_checkpoint(
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     if keep is not None and keep < 1:
         raise ValueError(f"keep must be at least 1 (or None for all), got {keep}")
+    arrays, meta, plain = _split_extra(extra)  # refuse bad extras before writing anything
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step_{int(step):09d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=directory))
+    # Not tempfile.mkdtemp: its owner-only mode (0o700) would stay with the step directory.
+    tmp = directory / f".{final.name}.{secrets.token_hex(6)}.tmp"
+    tmp.mkdir()
     try:
         save(tmp / "model.safetensors", model)
         if opt is not None:
             save(tmp / "optimizer.safetensors", opt.state_dict())
-        arrays, meta, plain = _split_extra(extra)
         if arrays:
-            save(tmp / "extra.safetensors", arrays, metadata=meta)
-        with open(tmp / "extra.json", "w") as f:
-            json.dump({"step": int(step), "extra": plain}, f)
+            _save(tmp / "extra.safetensors", arrays, meta, None)  # "jparam.*" keys
+        with atomic_path(tmp / "extra.json") as json_path:  # fsynced like the others
+            json_path.write_text(json.dumps({"step": int(step), "extra": plain}))
         if final.exists():
             old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)  # left by a crash during a replacement
             final.rename(old)
             tmp.rename(final)
             shutil.rmtree(old)
