@@ -41,6 +41,7 @@ from .serialization import (
     load_file,
     save,
 )
+from .sharded import load_sharded, save_sharded
 from .state import IncompatibleKeys, StateDictError, load_state_dict, state_dict
 from .summary import summary
 from .surgery import at
@@ -73,6 +74,7 @@ __all__ = [
     "load",
     "load_checkpoint",
     "load_file",
+    "load_sharded",
     "load_state_dict",
     "map_variables",
     "merge",
@@ -86,6 +88,7 @@ __all__ = [
     "path_name",
     "save",
     "save_checkpoint",
+    "save_sharded",
     "split",
     "state_dict",
     "summary",

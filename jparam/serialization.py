@@ -122,6 +122,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         except FileExistsError:  # pragma: no cover - 48 random bits
             continue
     mode = stat.S_IMODE(tmp_path.stat().st_mode)
+    # The name stays reserved by its randomness; the writer creates the file afresh, since
+    # renaming or truncating onto an existing file makes ext4 flush it early (2x slower).
+    tmp_path.unlink()
     try:
         yield tmp_path
         os.chmod(tmp_path, mode)
