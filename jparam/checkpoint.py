@@ -83,7 +83,8 @@ def save_checkpoint(
 ) -> Path:
     """Saves ``model``, ``opt`` and ``extra`` as step ``step`` of ``directory``; returns its path.
 
-    Keeps the newest ``keep`` steps (``None`` keeps all). Saving a step that exists replaces it.
+    Keeps the step just saved and the newest ``keep - 1`` others (``None`` keeps all). Saving a
+    step that exists replaces it.
     """
     if not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
@@ -115,8 +116,9 @@ def save_checkpoint(
         _fsync_dir(directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if keep is not None:
-        for old_step in _steps(directory)[:-keep]:
+    if keep is not None:  # the newest `keep` steps survive, and always the one just saved
+        others = [s for s in _steps(directory) if s != int(step)]
+        for old_step in others[: max(len(others) - (keep - 1), 0)]:
             shutil.rmtree(directory / f"step_{old_step:09d}", ignore_errors=True)
     return final
 

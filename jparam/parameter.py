@@ -73,6 +73,19 @@ def _torch_to_numpy(value: Any) -> np.ndarray | None:
     return value.numpy()
 
 
+def check_int_range(arr: np.ndarray, *, what: str = "value") -> None:
+    """Raises if JAX would wrap ``arr``: (u)int64 values outside (u)int32 without x64."""
+    want = jax.dtypes.canonicalize_dtype(arr.dtype)
+    if arr.dtype.kind not in "iu" or want == arr.dtype or arr.size == 0:
+        return
+    info = np.iinfo(want)
+    if arr.min() < info.min or arr.max() > info.max:
+        raise ValueError(
+            f"{what} is {arr.dtype} with values outside the {want} range that JAX uses without "
+            "64-bit types; call jax.config.update('jax_enable_x64', True) first"
+        )
+
+
 def to_array(value: Any, *, what: str = "value") -> Any:
     """Converts ``value`` to a JAX array, refusing anything that is not numeric array data.
 
@@ -106,6 +119,7 @@ def to_array(value: Any, *, what: str = "value") -> Any:
         )
     if not _is_numeric_dtype(arr.dtype):
         raise TypeError(f"{what} must hold numbers or bools, got an array of dtype {arr.dtype}")
+    check_int_range(arr, what=what)
     return jnp.asarray(arr)
 
 

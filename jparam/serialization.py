@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .parameter import to_array
+from .parameter import check_int_range, to_array
 from .state import load_state_dict, state_dict
 
 __all__ = [
@@ -84,8 +84,10 @@ def _host_arrays(tree: Any, bar_enabled: bool | None) -> OrderedDict[str, np.nda
 
 
 def _crc(a: np.ndarray) -> int:
-    # Viewed as bytes: NumPy cannot export a bfloat16 buffer directly.
-    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
+    # Over dtype, shape and bytes, so a corrupted header (F32 read as I32) fails it too. The
+    # bytes are viewed as uint8: NumPy cannot export a bfloat16 buffer directly.
+    head = zlib.crc32(f"{a.dtype.name}{tuple(a.shape)}".encode())
+    return zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8), head)
 
 
 def _is_flat_mapping(tree: Any) -> bool:
@@ -236,17 +238,10 @@ def load_file(
 
 
 def _check_fits(path: Path, name: str, arr: np.ndarray) -> None:
-    """Without ``jax_enable_x64`` JAX stores (u)int64 as (u)int32: refuse values that would wrap."""
-    want = jax.dtypes.canonicalize_dtype(arr.dtype)
-    if arr.dtype.kind not in "iu" or want == arr.dtype or arr.size == 0:
-        return
-    info = np.iinfo(want)
-    if arr.min() < info.min or arr.max() > info.max:
-        raise CheckpointError(
-            f"{path}: tensor {name!r} is {arr.dtype} with values outside the {want} range that "
-            "JAX uses without x64; enable it (jax.config.update('jax_enable_x64', True)) to "
-            "load this file"
-        )
+    try:
+        check_int_range(arr, what=f"tensor {name!r}")
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def rename_keys(

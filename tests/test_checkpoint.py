@@ -334,3 +334,19 @@ def test_resumed_training_in_a_fresh_process_is_bitwise_identical(tmp_path):
         "step": 20,
         "extra": {"seen": 640},
     }
+
+
+def test_keep_always_keeps_the_step_just_saved(tmp_path):
+    model = _keep_model()
+    for step in (10, 20):
+        jp.save_checkpoint(tmp_path, step, model=model, keep=2)
+    path = jp.save_checkpoint(tmp_path, 5, model=model, keep=2)
+    assert path.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step_000000005", "step_000000020"]
+
+
+def _keep_model():
+    class Small(jp.Module):
+        w: jp.Parameter
+
+    return Small(jp.Parameter(jnp.ones(2)))

@@ -852,3 +852,21 @@ def test_from_torch_state_dict_keeps_bfloat16(tmp_path):
             np.testing.assert_array_equal(state[name], t.numpy())
     model = jp.load_state_dict(ConvNet(jax.random.key(0)).bfloat16(), state)
     chex.assert_trees_all_equal(model.state_dict()["conv.weight"], state["conv.weight"])
+
+
+def test_checksum_covers_the_dtype_in_the_header(tmp_path):
+    path = tmp_path / "m.safetensors"
+    jp.save(path, {"w": jnp.arange(4, dtype=jnp.float32)})
+    raw = path.read_bytes()
+    assert raw.count(b'"F32"') == 1
+    path.write_bytes(raw.replace(b'"F32"', b'"I32"'))
+    with pytest.raises(jp.CheckpointError, match="checksum"):
+        jp.load_file(path)
+
+
+def test_int64_values_that_would_wrap_are_refused_by_parameter():
+    if jax.config.jax_enable_x64:
+        pytest.skip("64-bit integers fit when x64 is on")
+    with pytest.raises(ValueError, match="outside the int32 range"):
+        jp.Buffer(np.array([2**40], dtype=np.int64))
+    assert int(jp.Buffer(np.array([7], dtype=np.int64)).value[0]) == 7
