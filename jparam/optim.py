@@ -259,7 +259,8 @@ def weight_decay_mask(model: Any, exclude: FilterLike | None = None, min_ndim: i
 
     A parameter is decayed when its ``weight_decay`` metadata says so
     (``Parameter(w, weight_decay=False)``), else when it has at least ``min_ndim`` dimensions,
-    and it does not match ``exclude``.
+    and it does not match ``exclude``. Learned tokens are not 1-D: mark a ViT's cls token and
+    position embedding ``weight_decay=False`` (or pass ``exclude=["cls_token", "pos_embed"]``).
     """
     params = _trainable(model)
     if exclude is not None:
