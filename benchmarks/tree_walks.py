@@ -50,9 +50,7 @@ def run(num_params: int, rounds: int, inner: int, json_path=None) -> str:
         "jparam: state_dict()": lambda: model.state_dict(),
         "jparam: split(model, trainable)": lambda: jp.split(model, jp.trainable),
         "jparam: merge(params, rest)": lambda: jp.merge(params, rest),
-        "jax: tree_flatten_with_path(model)": lambda: jax.tree_util.tree_flatten_with_path(
-            model
-        ),
+        "jax: tree_flatten_with_path(model)": lambda: jax.tree_util.tree_flatten_with_path(model),
     }
     times = interleaved(contenders, rounds=rounds, inner=inner)
     title = f"Tree walks: {num_params} parameters ({num_params // 2} Linear modules)"

@@ -1,19 +1,8 @@
 """jparam: PyTorch's Parameter and Module API as immutable JAX pytrees.
 
-::
-
-    import jparam as jp
-
-    class ColorAdjust(jp.Module):
-        color_matrix: jp.Parameter
-        color_bias: jp.Parameter
-
-        def __init__(self):
-            self.color_matrix = jp.Parameter(jnp.eye(3))
-            self.color_bias = jp.Parameter(jnp.zeros(3))
-
-        def __call__(self, x):
-            return x @ self.color_matrix + self.color_bias
+Declare trainable arrays as `Parameter` fields of a `Module`, walk them by name, freeze them,
+save and load them by name; `jax.jit`, `jax.grad` and optax take the model as it is. See
+`jparam.module` for a first example and README.md for the tour.
 """
 
 from . import init, nn, optim
