@@ -4,8 +4,8 @@ A model of ``--mb`` megabytes (a few large float32 Parameters) is saved and load
 contender in interleaved rounds; the table gives median MB/s and the ratio to raw safetensors.
 Every contender starts from the same JAX arrays and ends with JAX arrays:
 
-- ``jp.save`` / ``jp.load(like=model)``: state_dict names, CRC-32 per tensor, atomic write
-  (temporary file, fsync, rename), all-at-once validation on load;
+- ``jp.save`` / ``jp.load(like=model)``: state_dict names, an xxHash3 checksum per tensor,
+  atomic write (temporary file, fsync, rename), all-at-once validation on load;
 - ``safetensors`` (the floor): ``safetensors.numpy.save_file({name: np.asarray(a)})`` /
   ``safetensors.flax.load_file``; it leaves the bytes in the page cache, so a second row adds
   the ``fsync`` that jp.save does (what durability alone costs);
