@@ -256,3 +256,17 @@ def test_round_trip_into_a_zeroed_model():
     zero = jax.tree.map(jnp.zeros_like, net)
     loaded = zero.load_state_dict(net.state_dict())
     chex.assert_trees_all_equal(dict(loaded.state_dict()), dict(net.state_dict()))
+
+
+def test_load_state_dict_into_an_abstract_model_never_initialises_weights():
+    from jparam import nn
+
+    abstract = jax.eval_shape(
+        lambda k: nn.Sequential(nn.Linear(4, 3, key=k), nn.ReLU()), jax.random.key(0)
+    )
+    assert isinstance(abstract[0].weight.value, jax.ShapeDtypeStruct)
+    state = {"0.weight": np.ones((3, 4), np.float32), "0.bias": np.arange(3, dtype=np.float32)}
+    model = abstract.load_state_dict(state)
+    chex.assert_trees_all_close(model(jnp.ones((1, 4))), jnp.array([[4.0, 5.0, 6.0]]))
+    with pytest.raises(jp.StateDictError, match=r"0.weight: shape mismatch"):
+        abstract.load_state_dict({**state, "0.weight": np.ones((4, 3), np.float32)})
