@@ -9,6 +9,7 @@ from . import init, nn, optim
 from .checkpoint import latest_step, load_checkpoint, save_checkpoint
 from .filters import Filter, as_filter, frozen, is_buffer, is_parameter, name, trainable
 from .module import Module, field
+from .monitoring import NonFinite, check_finite, first_nonfinite, global_norm, stats
 from .optim import Optimizer
 from .parameter import Buffer, Parameter, to_array
 from .partition import merge, split
@@ -44,6 +45,7 @@ __all__ = [
     "Filter",
     "IncompatibleKeys",
     "Module",
+    "NonFinite",
     "Optimizer",
     "Parameter",
     "SaveInfo",
@@ -52,9 +54,12 @@ __all__ = [
     "astype",
     "at",
     "buffers",
+    "check_finite",
     "field",
+    "first_nonfinite",
     "from_torch_state_dict",
     "frozen",
+    "global_norm",
     "grad",
     "init",
     "is_buffer",
@@ -80,6 +85,7 @@ __all__ = [
     "save_sharded",
     "split",
     "state_dict",
+    "stats",
     "summary",
     "to",
     "to_array",

@@ -1,0 +1,267 @@
+"""Monitoring: per-parameter statistics, the global norm, and a NaN/Inf guard.
+
+All three take any pytree the rest of jparam takes: a model, a gradient tree from `jp.grad`
+(Parameters at trainable positions, ``None`` elsewhere), the ``{name: array}`` part from
+`jp.split`, or any pytree holding Parameters/Buffers. Names are `jp.state_dict`'s: attribute
+names joined by ``.``, dict keys as they are, in the same order. A tree that holds no Parameter
+or Buffer at all (a split dict, an optax update) is named by its array leaves' key paths.
+
+``jp.stats(tree)`` and ``jp.global_norm(tree)`` return arrays and never sync with the host, so
+they belong inside the jitted step, where they fuse into the step's one computation::
+
+    @jax.jit
+    def train_step(params, rest, opt_state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, rest, x, y)
+        ...
+        return params, opt_state, {"loss": loss, "grad_norm": jp.global_norm(grads),
+                                   "grads": jp.stats(grads)}
+
+The NaN/Inf guard has two halves. Outside jit, ``jp.check_finite(grads)`` raises a
+`FloatingPointError` naming the first offending parameter. Inside jit, ``jp.first_nonfinite``
+returns a small `NonFinite` pytree: four int32 numbers as its only array and the names as
+static data, which a jitted function can return; the host turns it into the same message::
+
+    @jax.jit
+    def train_step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        return ..., jp.first_nonfinite(grads)      # one int32[4] array leaves the device
+    params, opt_state, bad = train_step(params, opt_state, x, y)
+    jp.check_finite(bad, what="gradients")         # raises FloatingPointError naming the path
+
+Statistics are computed in float32 for low-precision floats (bfloat16, float16) and for integer
+and bool arrays; float64 stays float64. Only floating arrays are checked for NaN/Inf; integer
+and bool arrays never count as offending. Complex arrays are refused with a `TypeError`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import tree_util
+
+from .parameter import Buffer, Parameter, _Variable
+from .paths import path_name, walk
+
+__all__ = ["NonFinite", "STATS", "check_finite", "first_nonfinite", "global_norm", "stats"]
+
+#: The statistics `stats` computes for each array, in this order.
+STATS = ("norm", "mean", "std", "min", "max", "zero_fraction", "nonfinite")
+
+
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, _Variable)
+
+
+def _named_arrays(tree: Any, include_buffers: bool) -> list[tuple[str, Any]]:
+    """``(name, array)`` in `state_dict` order; plain array leaves when there is no variable."""
+    entries = [(name, node) for name, node in walk(tree) if isinstance(node, _Variable)]
+    if entries:
+        kinds = (Parameter, Buffer) if include_buffers else (Parameter,)
+        return [
+            (name, node.value)
+            for name, node in entries
+            if isinstance(node, kinds) and _is_array(node.value)
+        ]
+    flat, _ = tree_util.tree_flatten_with_path(tree)
+    return [(path_name(path), leaf) for path, leaf in flat if _is_array(leaf)]
+
+
+def _compute_dtype(name: str, dtype: Any) -> Any:
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"jp.stats: {name!r} is complex ({dtype}); only real arrays are supported")
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.promote_types(dtype, jnp.float32)
+    if jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+        return jnp.dtype(jnp.float32)
+    raise TypeError(f"jp.stats: {name!r} has dtype {dtype}, which is not numeric")
+
+
+def _one_stats(x: Any, dtype: Any) -> dict[str, jax.Array]:
+    x = jnp.asarray(x)
+    checked = jnp.issubdtype(x.dtype, jnp.floating)
+    x = x.astype(dtype)
+    if x.size == 0:
+        nan = jnp.full((), jnp.nan, dtype)
+        zero = jnp.zeros((), dtype)
+        return {
+            "norm": zero,
+            "mean": nan,
+            "std": nan,
+            "min": nan,
+            "max": nan,
+            "zero_fraction": nan,
+            "nonfinite": jnp.zeros((), jnp.int32),
+        }
+    nonfinite = jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) if checked else jnp.zeros((), jnp.int32)
+    return {
+        "norm": jnp.sqrt(jnp.sum(jnp.square(x))),
+        "mean": jnp.mean(x),
+        "std": jnp.std(x),
+        "min": jnp.min(x),
+        "max": jnp.max(x),
+        "zero_fraction": jnp.mean((x == 0).astype(dtype)),
+        "nonfinite": nonfinite,
+    }
+
+
+def _stats_arrays(arrays: tuple, dtypes: tuple) -> tuple:
+    return tuple(_one_stats(x, d) for x, d in zip(arrays, dtypes))
+
+
+_stats_jit = jax.jit(_stats_arrays, static_argnums=1)
+
+
+def stats(tree: Any, *, include_buffers: bool = False) -> OrderedDict[str, dict[str, jax.Array]]:
+    """Per-parameter statistics: ``{name: {"norm", "mean", "std", "min", "max", ...}}``.
+
+    For every Parameter in ``tree`` (trainable or frozen; with ``include_buffers=True`` every
+    Buffer too, non-persistent ones included) in `jp.state_dict` order, or for every array leaf
+    of a tree without Parameters/Buffers (a `jp.split` dict), the scalars:
+
+    - ``norm``: L2 norm, ``sqrt(sum(x**2))``;
+    - ``mean``, ``std`` (population, ``ddof=0`` like NumPy), ``min``, ``max``;
+    - ``zero_fraction``: the fraction of entries exactly equal to 0;
+    - ``nonfinite``: int32 count of NaN and Inf entries (always 0 for integer and bool arrays).
+
+    NaN and Inf propagate into the other statistics as they would in NumPy. An empty array has
+    ``norm=0`` and ``nonfinite=0``; ``mean``, ``std``, ``min``, ``max`` and ``zero_fraction``
+    are NaN (undefined over no entries). Values are float32 for bfloat16/float16/integer/bool
+    input, float64 for float64.
+
+    Returns arrays only, with no host sync: under ``jax.jit`` it is part of the one jitted
+    computation; called eagerly it runs as one jitted computation of its own (cached by the
+    arrays' shapes and dtypes). The result is an ``OrderedDict``, so its order survives being
+    returned from ``jax.jit``. A parameter used in two places appears under both names.
+    """
+    named = _named_arrays(tree, include_buffers)
+    names = [name for name, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError(f"jp.stats: two arrays share a name in {names}")
+    arrays = tuple(x for _, x in named)
+    dtypes = tuple(_compute_dtype(name, x.dtype) for name, x in named)
+    values = _stats_jit(arrays, dtypes)  # under an outer jit this is inlined into it
+    return OrderedDict(zip(names, values))
+
+
+def _global_norm(arrays: tuple) -> jax.Array:
+    total = jnp.zeros((), jnp.float32)
+    for x in arrays:
+        x = jnp.asarray(x)
+        dtype = jnp.promote_types(x.dtype, jnp.float32)
+        total = total + jnp.sum(jnp.square(x.astype(dtype)))
+    return jnp.sqrt(total)
+
+
+_global_norm_jit = jax.jit(_global_norm)
+
+
+def global_norm(tree: Any, *, include_buffers: bool = False) -> jax.Array:
+    """The L2 norm over all parameter arrays in ``tree``: ``sqrt(sum of every x**2)``.
+
+    The arrays are those `stats` names (Buffers excluded unless ``include_buffers=True``), so on
+    float32 arrays it equals ``optax.global_norm`` of them. Low-precision arrays are squared and
+    summed in float32 (``optax.global_norm`` sums them in their own dtype). A scalar array, no
+    host sync; 0.0 for a tree without parameters.
+    """
+    arrays = tuple(x for name, x in _named_arrays(tree, include_buffers))
+    for x in arrays:
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            raise TypeError("jp.global_norm: complex arrays are not supported")
+    return _global_norm_jit(arrays)
+
+
+class NonFinite:
+    """Where NaN/Inf first appeared in a tree: `first_nonfinite`'s answer, a pytree.
+
+    Its one array child, ``code``, is int32 ``[index, nan_count, inf_count, n_offending]``
+    (``index`` is -1 when every array is finite); ``names``, the checked arrays' names, is
+    static data, so a jitted function can return a `NonFinite` and the host still has the
+    names. ``jp.check_finite(report, what=...)`` or ``report.check(what)`` raises;
+    ``report.message(what)`` returns the message or ``None``. Both read ``code`` (one small
+    device-to-host copy).
+    """
+
+    __slots__ = ("code", "names")
+
+    def __init__(self, code: Any, names: tuple[str, ...]) -> None:
+        self.code = code
+        self.names = names
+
+    def message(self, what: str = "gradients") -> str | None:
+        """The error message, or ``None`` when every checked array is finite."""
+        index, nan, inf, count = (int(v) for v in np.asarray(self.code))
+        if index < 0:
+            return None
+        tail = (
+            "the only offending parameter"
+            if count == 1
+            else f"first of {count} offending parameters"
+        )
+        return f"{what}: {self.names[index]!r} has {nan} NaN and {inf} Inf values ({tail})"
+
+    def check(self, what: str = "gradients") -> None:
+        """Raises `FloatingPointError` naming the first offending path, if there is one."""
+        msg = self.message(what)
+        if msg is not None:
+            raise FloatingPointError(msg)
+
+    def __repr__(self) -> str:
+        return f"NonFinite(code={self.code!r}, names=<{len(self.names)} names>)"
+
+
+tree_util.register_pytree_with_keys(
+    NonFinite,
+    lambda r: (((tree_util.GetAttrKey("code"), r.code),), r.names),
+    lambda names, children: NonFinite(children[0], names),
+    flatten_func=lambda r: ((r.code,), r.names),
+)
+
+
+def _nonfinite_code(arrays: Sequence[Any]) -> jax.Array:
+    if not arrays:
+        return jnp.array([-1, 0, 0, 0], jnp.int32)
+    nan = jnp.stack([jnp.sum(jnp.isnan(x), dtype=jnp.int32) for x in arrays])
+    inf = jnp.stack([jnp.sum(jnp.isinf(x), dtype=jnp.int32) for x in arrays])
+    bad = (nan + inf) > 0
+    first = jnp.argmax(bad)
+    index = jnp.where(bad[first], first, -1).astype(jnp.int32)
+    return jnp.stack([index, nan[first], inf[first], jnp.sum(bad, dtype=jnp.int32)])
+
+
+_nonfinite_code_jit = jax.jit(_nonfinite_code)
+
+
+def first_nonfinite(tree: Any, *, include_buffers: bool = False) -> NonFinite:
+    """A jit-friendly NaN/Inf check: a `NonFinite` report for the first offending array.
+
+    Checks the floating arrays `stats` would name (integer and bool arrays are skipped), in
+    `jp.state_dict` order. No host sync; return the report from the jitted step and call
+    ``jp.check_finite(report)`` on the host.
+    """
+    named = [
+        (name, x)
+        for name, x in _named_arrays(tree, include_buffers)
+        if jnp.issubdtype(x.dtype, jnp.inexact)
+    ]
+    arrays = [x for _, x in named]
+    code = _nonfinite_code_jit(arrays)
+    return NonFinite(code, tuple(name for name, _ in named))
+
+
+def check_finite(tree: Any, what: str = "gradients", *, include_buffers: bool = False) -> None:
+    """Raises `FloatingPointError` if any checked array in ``tree`` holds a NaN or an Inf.
+
+    For use outside ``jax.jit`` (it reads the result back to the host). The message names the
+    first offending path in `jp.state_dict` order, its NaN and Inf counts and how many arrays
+    offend, e.g. ``gradients: 'blocks.3.mlp.weight' has 2 NaN and 0 Inf values (first of 3
+    offending parameters)``. ``tree`` may also be a `NonFinite` report returned by a jitted
+    step (see `first_nonfinite`). Integer and bool arrays are skipped.
+    """
+    if not isinstance(tree, NonFinite):
+        tree = first_nonfinite(tree, include_buffers=include_buffers)
+    tree.check(what)
