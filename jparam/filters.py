@@ -78,6 +78,13 @@ def glob_matches(pattern: str, name: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
 
 
+def require_match(pattern: str, names: list[str], what: str) -> None:
+    """A glob that selects none of ``names`` is almost always a typo: raise, listing some."""
+    if not any(glob_matches(pattern, n) for n in names):
+        sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ValueError(f"pattern {pattern!r} matches no {what}; {what}s are: {sample}")
+
+
 def name(*patterns: str) -> Filter:
     """Selects nodes whose name matches any of the globs (``jp.name("*.bias", "*.norm*")``)."""
     for p in patterns:

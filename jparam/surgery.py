@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from jax import tree_util
 
-from .filters import Filter, as_filter, glob_matches
+from .filters import Filter, as_filter, glob_matches, require_match
 from .module import Module
 from .parameter import Parameter, _Variable
 from .paths import children, map_variables, walk
@@ -174,9 +174,7 @@ def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
     for p in patterns:
         if not isinstance(p, str):
             raise TypeError(f"freeze/unfreeze take name globs (strings), got {p!r}")
-        if not any(glob_matches(p, n) for n in names):
-            sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            raise ValueError(f"pattern {p!r} matches no parameter; parameters are: {sample}")
+        require_match(p, names, "parameter")
 
     def visit(name: str, x: Any) -> Any:
         if not isinstance(x, Parameter) or x.trainable == flag:

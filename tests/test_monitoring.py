@@ -8,36 +8,7 @@ import optax
 import pytest
 
 import jparam as jp
-
-
-class Linear(jp.Module):
-    weight: jp.Parameter
-    bias: jp.Parameter
-
-    def __call__(self, x):
-        return x @ self.weight.T + self.bias
-
-
-class Net(jp.Module):
-    layers: list
-    scale: jp.Buffer
-
-    def __call__(self, x):
-        for layer in self.layers:
-            x = jnp.tanh(layer(x))
-        return x * self.scale
-
-
-def make_net(sizes=(3, 4, 2), freeze_first_bias=False):
-    keys = jax.random.split(jax.random.key(0), len(sizes))
-    layers = [
-        Linear(
-            jp.Parameter(jax.random.normal(k, (o, i)) * 0.5),
-            jp.Parameter(jnp.full((o,), 0.1), trainable=not (freeze_first_bias and n == 0)),
-        )
-        for n, (k, i, o) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
-    ]
-    return Net(layers, jp.Buffer(jnp.asarray(2.0)))
+from tests.test_training import make_net
 
 
 def numpy_stats(x):
@@ -130,7 +101,7 @@ def test_jitted_stats_is_one_computation_with_no_callbacks():
 
 
 def test_on_grad_output_and_split_dicts():
-    net = make_net(freeze_first_bias=True)
+    net = make_net().freeze("layers.0.bias")
     x = jnp.ones((2, 3))
     grads = jp.grad(lambda m, x: jnp.sum(m(x) ** 2))(net, x)
     params, _ = jp.split(net, jp.trainable)
