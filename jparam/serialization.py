@@ -21,9 +21,11 @@ import json
 import os
 import secrets
 import stat
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -180,11 +182,40 @@ def _save(
     start = time.perf_counter()
     meta = {"format": "pt", **metadata}
     arrays = _host_arrays(tree, progress)
-    meta[_SUM_KEY] = json.dumps({name: _checksum(a) for name, a in arrays.items()})
+    # The checksums go into the header, which is written first; hashing first would add its
+    # time to the save. Instead the header holds a random placeholder of a digest's width per
+    # tensor, the file is written and its writeback started, the tensors are hashed while the
+    # disk works, and the placeholders are overwritten in place before the final fsync.
+    placeholders = {name: secrets.token_hex(8) for name in arrays}
+    meta[_SUM_KEY] = json.dumps(placeholders)
     with atomic_path(path) as tmp:
         save_file(arrays, str(tmp), metadata=meta)
+        with open(tmp, "rb+") as f, ThreadPoolExecutor(1) as pool:
+            writeback = pool.submit(os.fsync, f.fileno())  # releases the GIL while it waits
+            sums = {name: _checksum(a) for name, a in arrays.items()}
+            writeback.result()
+            _fill_placeholders(f, placeholders, sums)
     path = Path(path)
     return SaveInfo(path, path.stat().st_size, time.perf_counter() - start)
+
+
+def _fill_placeholders(f: Any, placeholders: dict[str, str], sums: dict[str, str]) -> None:
+    """Overwrites each placeholder digest in the safetensors header of ``f`` by the real one.
+
+    Digests and placeholders are 16 hex characters, which JSON writes as they are, so the
+    header keeps its length and every tensor its offset.
+    """
+    f.seek(0)
+    (length,) = struct.unpack("<Q", f.read(8))
+    header = bytearray(f.read(length))
+    for name, token in placeholders.items():
+        at = header.find(token.encode())
+        if at < 0 or header.find(token.encode(), at + 1) >= 0:  # pragma: no cover - 64 bits
+            raise RuntimeError(f"checksum placeholder for {name!r} not found once in the header")
+        header[at : at + 16] = sums[name].encode()
+    f.seek(8)
+    f.write(header)
+    f.flush()
 
 
 def _open_error(path: Path, e: Exception) -> CheckpointError:

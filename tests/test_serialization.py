@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
+import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -470,6 +471,39 @@ def test_full_disk_on_fsync_propagates_and_keeps_old_file(tmp_path, monkeypatch)
     assert path.read_bytes() == before
     assert_same_state(jp.load(path, like=zeroed(old)), old)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_failure_while_checksums_are_filled_in_keeps_old_file(tmp_path, monkeypatch):
+    """The checksums are written into the header after the data: a failure there is a failure
+    of the save, with the previous file intact."""
+    path = tmp_path / "model.safetensors"
+    old = Net(seed=1)
+    jp.save(path, old)
+    before = path.read_bytes()
+
+    def crash(f, placeholders, sums):
+        f.seek(8)
+        f.write(b"{garbage")  # half-done: a header that no longer parses
+        raise RuntimeError("simulated crash while filling in checksums")
+
+    monkeypatch.setattr(jp.serialization, "_fill_placeholders", crash)
+    with pytest.raises(RuntimeError, match="filling in checksums"):
+        jp.save(path, Net(seed=2))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_header_holds_the_checksum_of_every_tensor(tmp_path):
+    path = tmp_path / "model.safetensors"
+    model = Net()
+    jp.save(path, model)
+    _, head = header(path)
+    sums = json.loads(head["__metadata__"]["jparam.xxh3_64"])
+    for name, value in model.state_dict().items():
+        a = np.asarray(value)
+        h = xxhash.xxh3_64(f"{a.dtype.name}{tuple(a.shape)}".encode())
+        h.update(a.tobytes())
+        assert sums[name] == h.hexdigest(), name
 
 
 def test_full_disk_during_write_propagates_and_keeps_old_file(tmp_path, monkeypatch):
