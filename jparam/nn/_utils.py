@@ -77,25 +77,38 @@ def require_key(key: Any, layer: str) -> jax.Array:
     return key
 
 
+OUT_AXES = ("out",)  # a bias, or anything else indexed by output features
+WEIGHT_AXES = ("out", "in")  # PyTorch's (out_features, in_features) layout
+NORM_AXES = ("norm",)  # norm scales, shifts and running statistics (per feature)
+
+
+def norm_axes(ndim: int) -> tuple[str | None, ...]:
+    """``("norm",)`` on the last of ``ndim`` axes (the features), ``None`` before it."""
+    return (None,) * (ndim - 1) + NORM_AXES if ndim else ()
+
+
 def torch_default_params(
     key: jax.Array,
     weight_shape: tuple[int, ...],
     bias: bool,
     bias_size: int,
     dtype: DTypeLike,
+    axes: tuple[str | None, ...],
 ) -> tuple[Parameter, Parameter | None]:
     """PyTorch's default init for Linear and convolutions.
 
     The weight is ``kaiming_uniform(a=sqrt(5))``, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and
     the bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with ``fan_in`` taken from the weight's layout.
+    ``axes`` are the weight's logical sharding names (see `jparam.sharding`); the bias gets
+    ``("out",)``.
     """
     wkey, bkey = jax.random.split(key)
-    weight = Parameter(init.kaiming_uniform(wkey, weight_shape, dtype, a=math.sqrt(5)))
+    weight = Parameter(init.kaiming_uniform(wkey, weight_shape, dtype, a=math.sqrt(5)), axes=axes)
     if not bias:
         return weight, None
     fan_in, _ = init.fan_in_and_fan_out(weight_shape)
     bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-    return weight, Parameter(init.uniform(bkey, (bias_size,), dtype, -bound, bound))
+    return weight, Parameter(init.uniform(bkey, (bias_size,), dtype, -bound, bound), axes=OUT_AXES)
 
 
 def compute_dtype(dtype: Any) -> Any:

@@ -12,7 +12,15 @@ from jax.typing import DTypeLike
 from .. import init
 from ..module import Module, field
 from ..parameter import Parameter
-from ._utils import check_input, compute_dtype, describe, require_key, shape_error
+from ._utils import (
+    OUT_AXES,
+    WEIGHT_AXES,
+    check_input,
+    compute_dtype,
+    describe,
+    require_key,
+    shape_error,
+)
 from .dropout import dropout as apply_dropout
 from .linear import Linear
 
@@ -99,12 +107,16 @@ class MultiheadAttention(Module):
         self.dropout = dropout
         wkey, okey = jax.random.split(key)
         self.in_proj_weight = Parameter(
-            init.xavier_uniform(wkey, (3 * embed_dim, embed_dim), dtype)
+            init.xavier_uniform(wkey, (3 * embed_dim, embed_dim), dtype), axes=WEIGHT_AXES
         )
-        self.in_proj_bias = Parameter(init.zeros(None, (3 * embed_dim,), dtype)) if bias else None
+        self.in_proj_bias = (
+            Parameter(init.zeros(None, (3 * embed_dim,), dtype), axes=OUT_AXES) if bias else None
+        )
         out_proj = Linear(embed_dim, embed_dim, bias, key=okey, dtype=dtype)
         if bias:
-            out_proj = out_proj.replace(bias=Parameter(init.zeros(None, (embed_dim,), dtype)))
+            out_proj = out_proj.replace(
+                bias=Parameter(init.zeros(None, (embed_dim,), dtype), axes=OUT_AXES)
+            )
         self.out_proj = out_proj
 
     @property

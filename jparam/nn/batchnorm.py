@@ -30,7 +30,7 @@ from jax.typing import DTypeLike
 from .. import init
 from ..module import Module, field
 from ..parameter import Buffer, Parameter
-from ._utils import affine, check_input, compute_dtype, describe, standardize
+from ._utils import NORM_AXES, affine, check_input, compute_dtype, describe, standardize
 from .stateful import update_state
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
@@ -69,13 +69,14 @@ class _BatchNorm(Module):
         self.affine = affine
         self.track_running_stats = track_running_stats
         shape = (num_features,)
-        self.weight = Parameter(init.ones(None, shape, dtype)) if affine else None
-        self.bias = Parameter(init.zeros(None, shape, dtype)) if affine else None
+        axes = NORM_AXES  # logical sharding names (see jparam.sharding)
+        self.weight = Parameter(init.ones(None, shape, dtype), axes=axes) if affine else None
+        self.bias = Parameter(init.zeros(None, shape, dtype), axes=axes) if affine else None
         if track_running_stats:
-            self.running_mean = Buffer(init.zeros(None, shape, dtype))
-            self.running_var = Buffer(init.ones(None, shape, dtype))
+            self.running_mean = Buffer(init.zeros(None, shape, dtype), axes=axes)
+            self.running_var = Buffer(init.ones(None, shape, dtype), axes=axes)
             # int64 in PyTorch; JAX's default integer (int32 unless x64 is enabled) here.
-            self.num_batches_tracked = Buffer(jnp.zeros((), int))
+            self.num_batches_tracked = Buffer(jnp.zeros((), int), axes=())
         else:
             self.running_mean = self.running_var = self.num_batches_tracked = None
 

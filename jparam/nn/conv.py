@@ -17,7 +17,7 @@ from jax.typing import DTypeLike
 
 from ..module import Module, field
 from ..parameter import Parameter
-from ._utils import check_input, ntuple, require_key, torch_default_params
+from ._utils import WEIGHT_AXES, check_input, ntuple, require_key, torch_default_params
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
 
@@ -120,7 +120,8 @@ class _ConvNd(Module):
         self.groups = groups
         self.padding_mode = padding_mode
         shape = (out_channels, in_channels // groups, *self.kernel_size)
-        self.weight, self.bias = torch_default_params(key, shape, bias, out_channels, dtype)
+        axes = (*WEIGHT_AXES, *(None,) * n)
+        self.weight, self.bias = torch_default_params(key, shape, bias, out_channels, dtype, axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n = self._n
@@ -238,7 +239,8 @@ class ConvTranspose2d(Module):
                 )
         self.groups = groups
         shape = (in_channels, out_channels // groups, *self.kernel_size)
-        self.weight, self.bias = torch_default_params(key, shape, bias, out_channels, dtype)
+        axes = (*reversed(WEIGHT_AXES), None, None)  # PyTorch's (in, out // groups, kh, kw)
+        self.weight, self.bias = torch_default_params(key, shape, bias, out_channels, dtype, axes)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = check_input(

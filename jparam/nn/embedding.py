@@ -6,13 +6,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.typing import DTypeLike
 
 from .. import init
 from ..module import Module, field
 from ..parameter import Parameter, to_array
 from ._utils import describe, require_key
+
+_AXES = ("vocab", "embed")  # logical sharding names (see jparam.sharding)
 
 __all__ = ["Embedding"]
 
@@ -65,12 +66,12 @@ class Embedding(Module):
                     f"Embedding _weight must have shape ({num_embeddings}, {embedding_dim}), "
                     f"got {tuple(weight.shape)}"
                 )
-            self.weight = Parameter(weight, trainable=not _freeze)
+            self.weight = Parameter(weight, trainable=not _freeze, axes=_AXES)
             return
         weight = init.normal(require_key(key, "Embedding"), (num_embeddings, embedding_dim), dtype)
         if self.padding_idx is not None:
             weight = weight.at[self.padding_idx].set(0)
-        self.weight = Parameter(weight)
+        self.weight = Parameter(weight, axes=_AXES)
 
     @classmethod
     def from_pretrained(
@@ -90,7 +91,10 @@ class Embedding(Module):
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(f"{describe(self)} expects integer ids, got dtype {ids.dtype}")
         if not isinstance(ids, jax.core.Tracer) and ids.size:
-            lo, hi = int(np.min(ids)), int(np.max(ids))
+            # Concrete ids (eager, or a constant closed over by a jitted function): checked now,
+            # evaluated eagerly even while a jit trace is running.
+            with jax.ensure_compile_time_eval():
+                lo, hi = int(jnp.min(ids)), int(jnp.max(ids))
             if lo < 0 or hi >= self.num_embeddings:
                 raise IndexError(
                     f"{describe(self)} got ids in [{lo}, {hi}], expected ids in "

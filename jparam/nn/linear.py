@@ -11,7 +11,14 @@ from jax.typing import DTypeLike
 from .. import init
 from ..module import Module, field
 from ..parameter import Parameter
-from ._utils import check_input, require_key, shape_error, torch_default_params
+from ._utils import (
+    OUT_AXES,
+    WEIGHT_AXES,
+    check_input,
+    require_key,
+    shape_error,
+    torch_default_params,
+)
 
 __all__ = ["Bilinear", "Linear"]
 
@@ -45,7 +52,7 @@ class Linear(Module):
         self.in_features = in_features
         self.out_features = out_features
         self.weight, self.bias = torch_default_params(
-            key, (out_features, in_features), bias, out_features, dtype
+            key, (out_features, in_features), bias, out_features, dtype, WEIGHT_AXES
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -85,9 +92,13 @@ class Bilinear(Module):
         bound = 1 / math.sqrt(in1_features) if in1_features > 0 else 0.0
         wkey, bkey = jax.random.split(key)
         shape = (out_features, in1_features, in2_features)
-        self.weight = Parameter(init.uniform(wkey, shape, dtype, -bound, bound))
+        self.weight = Parameter(
+            init.uniform(wkey, shape, dtype, -bound, bound), axes=(*WEIGHT_AXES, None)
+        )
         self.bias = (
-            Parameter(init.uniform(bkey, (out_features,), dtype, -bound, bound)) if bias else None
+            Parameter(init.uniform(bkey, (out_features,), dtype, -bound, bound), axes=OUT_AXES)
+            if bias
+            else None
         )
 
     def __call__(self, x1: jax.Array, x2: jax.Array) -> jax.Array:

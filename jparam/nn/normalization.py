@@ -17,7 +17,7 @@ from jax.typing import DTypeLike
 from .. import init
 from ..module import Module, field
 from ..parameter import Parameter
-from ._utils import affine, check_input, compute_dtype, standardize
+from ._utils import affine, check_input, compute_dtype, norm_axes, standardize
 
 __all__ = ["GroupNorm", "LayerNorm", "RMSNorm"]
 
@@ -32,11 +32,11 @@ def _shape_tuple(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
 
 
 def _ones(shape: tuple[int, ...], dtype: DTypeLike) -> Parameter:
-    return Parameter(init.ones(None, shape, dtype))
+    return Parameter(init.ones(None, shape, dtype), axes=norm_axes(len(shape)))
 
 
 def _zeros(shape: tuple[int, ...], dtype: DTypeLike) -> Parameter:
-    return Parameter(init.zeros(None, shape, dtype))
+    return Parameter(init.zeros(None, shape, dtype), axes=norm_axes(len(shape)))
 
 
 def _check_trailing(layer: Module, x: jax.Array, shape: tuple[int, ...]) -> jax.Array:

@@ -61,3 +61,13 @@ def test_embedding_from_pretrained_and_errors(key):
         nn.Embedding(3, 2, padding_idx=3, key=key)
     with pytest.raises(TypeError, match="key"):
         nn.Embedding(3, 2)
+
+
+def test_embedding_checks_concrete_ids_closed_over_by_jit(key):
+    emb = nn.Embedding(5, 3, key=key)
+    ids = jnp.array([1, 2])  # a constant of the traced function, not a tracer
+    out = jax.jit(lambda m: m(ids))(emb)
+    np.testing.assert_array_equal(out, emb.weight.value[ids])
+    bad = jnp.array([1, 7])
+    with pytest.raises(IndexError, match=r"got ids in \[1, 7\]"):
+        jax.jit(lambda m: m(bad))(emb)
