@@ -7,6 +7,8 @@ Conventions, shared by every layer:
   layers with parameters take ``dtype=jnp.float32``. Norms start at ones/zeros and take no key.
 - Parameter names, shapes and layouts are PyTorch's (``Linear.weight`` is ``(out, in)``), so
   ``model.load_state_dict(torch_model.state_dict())`` works and outputs match PyTorch's.
+- Parameters name their dimensions for sharding in ``axes`` metadata (``Linear.weight``:
+  ``("out", "in")``, ``Embedding.weight``: ``("vocab", "embed")``); see `jparam.sharding`.
 - Inputs are batched and batch-first; convolutions and pooling are channels-first (NCHW).
 - Hyperparameters are static fields; ``model.train()``/``model.eval()`` set ``training``.
 - Randomness is an argument: ``Dropout``/``Sequential``/``MLP`` take ``key=`` in the call.
@@ -26,6 +28,7 @@ from .linear import Bilinear, Linear
 from .mlp import MLP
 from .normalization import GroupNorm, LayerNorm, RMSNorm
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, Flatten, MaxPool2d
+from .stacked import Stacked
 from .stateful import stateful_call, update_state
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "SiLU",
     "Sigmoid",
     "Softmax",
+    "Stacked",
     "Tanh",
     "dropout",
     "stateful_call",
