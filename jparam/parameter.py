@@ -326,6 +326,12 @@ class _Variable:
     def _meta_repr(self) -> str:
         return "".join(f", {k}={v!r}" for k, v in self._meta[1])
 
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        """Treescope's rendering in notebooks (see `jparam.summary.variable_treescope_repr`)."""
+        from .summary import variable_treescope_repr
+
+        return variable_treescope_repr(self, path, subtree_renderer)
+
 
 class Parameter(_Variable):
     """A trainable (or frozen) array, the unit that gradients, optimizers and names see.

@@ -98,20 +98,23 @@ def children(node: Any) -> list[tuple[str, Any]]:
     return [(path_name(path), child) for path, child in flat]
 
 
-def walk(tree: Any, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Any]]:
+def walk(
+    tree: Any, prefix: str = "", recurse: bool = True, tied: bool = False
+) -> Iterator[tuple[str, Any]]:
     """Yields ``(name, node)`` for every Module, Parameter and Buffer, in PyTorch's order.
 
     A module comes first, then its own parameters, its own buffers, then its children. Shared
-    objects are yielded at each place they appear (the callers dedupe).
+    objects are yielded at each place they appear (the callers dedupe). With ``tied=True`` a
+    tied name's `TiedTo` placeholder is yielded where its parameter was (see `jparam.tying`).
     """
-    if isinstance(tree, _Variable):
+    if isinstance(tree, _Variable) or (tied and isinstance(tree, TiedTo)):
         yield prefix, tree
         return
     if isinstance(tree, Module):
         yield prefix, tree
         kids = children(tree)
         for name, child in kids:
-            if isinstance(child, Parameter):
+            if isinstance(child, Parameter) or (tied and isinstance(child, TiedTo)):
                 yield join(prefix, name), child
         for name, child in kids:
             if isinstance(child, Buffer):
@@ -119,11 +122,11 @@ def walk(tree: Any, prefix: str = "", recurse: bool = True) -> Iterator[tuple[st
         if not recurse:
             return
         for name, child in kids:
-            if not isinstance(child, _Variable):
-                yield from walk(child, join(prefix, name))
+            if not isinstance(child, (_Variable, TiedTo)):
+                yield from walk(child, join(prefix, name), tied=tied)
         return
     for name, child in children(tree):
-        yield from walk(child, join(prefix, name), recurse)
+        yield from walk(child, join(prefix, name), recurse, tied)
 
 
 def _named(tree, kind, prefix, recurse, remove_duplicate) -> Iterator[tuple[str, Any]]:
@@ -238,3 +241,4 @@ def map_modules(tree: Any, fn: Callable[[Module], Any]) -> Any:
 # they import names from here, so those names must exist before `Module` is imported. This keeps
 # `import jparam.paths` (or any file that imports it first) free of a circular-import error.
 from .module import Module  # noqa: E402
+from .tying import TiedTo  # noqa: E402

@@ -10,13 +10,17 @@ shape change is an error, never a silent cast or broadcast.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
+import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import tree_util
 
 from .parameter import Buffer, _Variable, to_array
-from .paths import map_variables, walk
+from .paths import children, is_variable, map_modules, map_variables, walk
+from .tying import TiedTo, load_tied, resolve_entries
 
 __all__ = ["IncompatibleKeys", "StateDictError", "load_state_dict", "state_dict"]
 
@@ -38,12 +42,102 @@ def _persistent(node: Any) -> bool:
     return not isinstance(node, Buffer) or node.persistent
 
 
-def _entries(tree: Any, prefix: str = "") -> OrderedDict[str, _Variable]:
-    return OrderedDict(
-        (name, node)
-        for name, node in walk(tree, prefix)
-        if isinstance(node, _Variable) and _persistent(node)
+# -- state views: modules saved under other names than their fields -----------------------------
+# A module class may store its arrays in one form and save them in another: `nn.Stacked` keeps N
+# layers as one layer with stacked arrays and saves them as PyTorch's per-layer entries. Such a
+# class defines ``_jp_state_view(self) -> Module``, a module whose names are the saved names, and
+# the view's class defines ``_jp_from_state_view(self) -> Module``, which turns a (loaded) view
+# back into the stored form. `state_dict`, `load_state_dict` and `summary` go through views;
+# `named_parameters`, `split` and gradients see the stored form.
+_HAS_VIEW: dict[type, bool] = {}
+
+
+def _has_view(node: Any) -> bool:
+    cls = type(node)
+    try:
+        return _HAS_VIEW[cls]
+    except KeyError:
+        return _HAS_VIEW.setdefault(cls, callable(getattr(cls, "_jp_state_view", None)))
+
+
+def _abstract(tree: Any) -> Any:
+    return tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
+
+
+def state_walk(tree: Any, prefix: str = "", *, abstract: bool = False) -> Iterator[tuple[str, Any]]:
+    """`paths.walk` under saved names: a module with a state view is walked as its view.
+
+    ``abstract=True`` builds views from shapes and dtypes only (enough for `summary`), so no
+    array is sliced or copied.
+    """
+    skip = None  # the name (plus ".") of a module whose view was walked instead of its fields
+    for name, node in walk(tree, prefix, tied=True):
+        if skip is not None:
+            if skip == "" or name.startswith(skip):
+                continue
+            skip = None
+        if _has_view(node):
+            view = (_abstract(node) if abstract else node)._jp_state_view()
+            yield from state_walk(view, name, abstract=abstract)
+            skip = f"{name}." if name else ""
+            continue
+        yield name, node
+
+
+def _with_views(node: Any) -> Any:
+    """``node`` with each module that has a state view replaced by it, outermost first."""
+    if _has_view(node):
+        node = node._jp_state_view()
+    if is_variable(node) or not children(node):
+        return node
+    if isinstance(node, Module):
+        d = node.__dict__
+        changed = {}
+        for name in type(node)._jp_dynamic:
+            new = _with_views(d[name])
+            if new is not d[name]:
+                changed[name] = new
+        return node._copy_with(changed) if changed else node
+    return tree_util.tree_map(
+        _with_views, node, is_leaf=lambda x: x is not node and isinstance(x, (Module, _Variable))
     )
+
+
+def _from_views(tree: Any) -> Any:
+    def restore(m: Module) -> Any:
+        from_view = getattr(type(m), "_jp_from_state_view", None)
+        return None if from_view is None else from_view(m)
+
+    return map_modules(tree, restore)
+
+
+def _found(tree: Any, prefix: str, views: list[str] | None) -> OrderedDict[str, Any]:
+    # `state_walk` filtered, written out without its generator: state_dict's cost per node.
+    found: OrderedDict[str, Any] = OrderedDict()
+    skip = None
+    for name, node in walk(tree, prefix, tied=True):
+        if skip is not None:
+            if skip == "" or name.startswith(skip):
+                continue
+            skip = None
+        if isinstance(node, _Variable):
+            if _persistent(node):
+                found[name] = node
+        elif isinstance(node, TiedTo):
+            found[name] = node
+        elif _has_view(node):
+            if views is not None:
+                views.append(name)
+            found.update(_found(node._jp_state_view(), name, views))
+            skip = f"{name}." if name else ""
+    return found
+
+
+def _entries(
+    tree: Any, prefix: str = "", views: list[str] | None = None
+) -> OrderedDict[str, _Variable]:
+    # A tied name gets its source's value, as in PyTorch.
+    return resolve_entries(_found(tree, prefix, views))
 
 
 def state_dict(tree: Any, prefix: str = "", keep_vars: bool = False) -> OrderedDict[str, Any]:
@@ -92,18 +186,23 @@ def _convert(name: str, target: Any, raw: Any, errors: list[str]) -> Any:
 
 
 def match_state(
-    expected: Mapping[str, Any], state: Mapping[str, Any], strict: bool, what: str
+    expected: Mapping[str, Any],
+    state: Mapping[str, Any],
+    strict: bool,
+    what: str,
+    errors: Sequence[str] = (),
 ) -> tuple[dict[str, Any], IncompatibleKeys]:
     """Checks ``state`` against ``expected`` (name -> anything with shape and dtype).
 
     Returns the converted arrays by name and the missing/unexpected keys, or raises one
-    `StateDictError` listing every problem. Shared by modules, optimizers and checkpoints.
+    `StateDictError` listing every problem (``errors``: ones found before, reported with them).
+    Shared by modules, optimizers and checkpoints.
     """
     if not isinstance(state, Mapping):
         raise TypeError(f"state_dict must map names to arrays, got {type(state).__name__}")
     missing = [n for n in expected if n not in state]
     unexpected = [k for k in state if k not in expected]
-    errors: list[str] = []
+    errors = list(errors)
     values: dict[str, Any] = {}
     for name, target in expected.items():
         if name in state:
@@ -131,6 +230,25 @@ def load_state_dict(tree: T, state: Mapping[str, Any], strict: bool = True) -> A
     ``(new_tree, IncompatibleKeys(missing_keys, unexpected_keys))``; shape and kind mismatches
     still raise, as in PyTorch.
     """
-    values, incompatible = match_state(_entries(tree), state, strict, type(tree).__name__)
-    new = map_variables(tree, lambda n, v: v.replace(values[n]) if n in values else v)
+    views: list[str] = []
+    found = _found(tree, "", views)
+    expected, errors = resolve_entries(found), []
+    # A tied name may come with its source, alone, or not at all.
+    tied = {
+        n: (node.source_name(n), node.transpose)
+        for n, node in found.items()
+        if isinstance(node, TiedTo)
+    }
+    state = load_tied(expected, tied, state, errors)
+    plain = OrderedDict((n, v) for n, v in expected.items() if n not in tied)
+    values, incompatible = match_state(plain, state, strict, type(tree).__name__, errors)
+    incompatible.missing_keys.extend(t for t, (s, _) in tied.items() if s in incompatible[0])
+    viewed = _with_views(tree) if views else tree  # modules that save under other names
+    new = map_variables(viewed, lambda n, v: v.replace(values[n]) if n in values else v)
+    if views:
+        new = _from_views(new)
     return new if strict else (new, incompatible)
+
+
+# Imported last, as in `paths`: `module` imports this file at its end.
+from .module import Module  # noqa: E402

@@ -2,11 +2,18 @@
 
 Arrays print as ``f32[32,16]``, never their contents. Runs of identical items in a list (the
 48 blocks of a deep transformer) print once with a count.
+
+The table is a `Summary`, a ``str`` that notebooks show as an HTML table and ``rich`` as a rich
+table. With ``treescope`` installed (``pip install 'jparam[notebook]'``, then
+``treescope.basic_interactive_setup()`` in the notebook), models render as foldable trees
+whose Parameters show their value's shape, dtype and statistics, the trainable flag and
+metadata (`variable_treescope_repr`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
 from typing import Any
 
 import jax.numpy as jnp
@@ -14,9 +21,10 @@ import numpy as np
 
 from .module import Module
 from .parameter import Parameter, _Variable, dtype_shape
-from .paths import walk
+from .state import state_walk
+from .tying import TiedTo, resolve_entries
 
-__all__ = ["module_repr", "summary"]
+__all__ = ["Summary", "module_repr", "summary", "variable_treescope_repr"]
 
 _WIDTH = 100
 
@@ -69,7 +77,12 @@ def _fmt(x: Any, indent: int) -> str:
 
 
 def _module(m: Module, indent: int) -> str:
-    items = [f"{f.name}={_fmt(m.__dict__[f.name], indent + 1)}" for f in dataclasses.fields(m)]
+    # A module may show itself otherwise (`nn.Stacked`: "24 x Block(...)"): (label, value) pairs.
+    custom = getattr(m, "_jp_repr_items", None)
+    pairs = (
+        custom() if custom else [(f"{f.name}=", m.__dict__[f.name]) for f in dataclasses.fields(m)]
+    )
+    items = [f"{label}{_fmt(value, indent + 1)}" for label, value in pairs]
     if not m.training:
         items.append("training=False")
     return _wrap(f"{type(m).__name__}(", items, ")", indent)
@@ -149,7 +162,11 @@ def _fold_rows(rows: list[tuple]) -> list[tuple]:
     return out
 
 
-def summary(tree: Any) -> str:
+def _shape(x: Any) -> str:
+    return "(" + ", ".join(map(str, x.shape)) + ("," if len(x.shape) == 1 else "") + ")"
+
+
+def summary(tree: Any) -> Summary:
     """A table of every parameter and buffer (shared ones once) with totals.
 
     Runs of identical blocks fold into one row per parameter (``blocks.0-47.attn.weight``,
@@ -159,7 +176,12 @@ def summary(tree: Any) -> str:
     seen: set[int] = set()
     totals = {"trainable": 0, "frozen": 0, "buffer": 0}
     size = 0
-    for name, node in walk(tree):
+    entries = list(state_walk(tree, abstract=True))  # saved names: stacked layers one by one
+    shared = resolve_entries(dict(e for e in entries if isinstance(e[1], (_Variable, TiedTo))))
+    for name, node in entries:
+        if isinstance(node, TiedTo) and name in shared:  # counted once, at its source
+            var, source = shared[name], node.source_name(name) + (".T" if node.transpose else "")
+            rows.append((name, _shape(var), str(jnp.dtype(var.dtype)), f"tied to {source}", 0))
         if not isinstance(node, _Variable) or id(node) in seen:
             continue
         seen.add(id(node))
@@ -170,8 +192,7 @@ def summary(tree: Any) -> str:
             kind = "buffer"
             totals["buffer"] += _count(node)
         size += _bytes(node)
-        shape = "(" + ", ".join(map(str, node.shape)) + ("," if len(node.shape) == 1 else "") + ")"
-        rows.append((name, shape, str(jnp.dtype(node.dtype)), kind, _count(node)))
+        rows.append((name, _shape(node), str(jnp.dtype(node.dtype)), kind, _count(node)))
     rows = _fold_rows(rows)
     header = ("name", "shape", "dtype", "trainable", "count")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
@@ -183,9 +204,88 @@ def summary(tree: Any) -> str:
     rule = "-" * len(line(header))
     total = totals["trainable"] + totals["frozen"]
     out = [line(header), rule, *(line(r) for r in rows), rule]
-    out.append(
+    footer = (
         f"parameters: {total:,} (trainable {totals['trainable']:,}, frozen {totals['frozen']:,})"
         f"   buffers: {totals['buffer']:,}   size: {_human(size)}"
     )
+    out.append(footer)
     title = type(tree).__name__
-    return f"{title}\n" + "\n".join(out)
+    return Summary(f"{title}\n" + "\n".join(out), title, header, rows, footer)
+
+
+class Summary(str):
+    """`summary`'s table: the plain text itself, plus richer renderings where there are any.
+
+    ``print(model.summary())`` prints the plain table. A notebook shows the last expression
+    ``model.summary()`` as an HTML table (``_repr_html_``); ``rich.print(model.summary())``
+    draws a `rich` table (``__rich__``, used only by rich, so rich is never imported by
+    jparam). ``title``, ``header``, ``rows`` (tuples of strings, folded as in the text) and
+    ``footer`` hold the same content for programs.
+    """
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    footer: str
+
+    def __new__(
+        cls, text: str, title: str = "", header: tuple = (), rows: list = (), footer: str = ""
+    ) -> Summary:
+        out = super().__new__(cls, text)
+        out.title, out.header, out.rows, out.footer = title, tuple(header), tuple(rows), footer
+        return out
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))  # IPython's plain view: the table, not a quoted string
+
+    def _repr_html_(self) -> str:
+        def cells(tag: str, row: tuple) -> str:
+            right = len(row) - 1  # the count column is right-aligned
+            return "".join(
+                f'<{tag} style="text-align:{"right" if i == right else "left"}">'
+                f"{html.escape(c)}</{tag}>"
+                for i, c in enumerate(row)
+            )
+
+        body = "".join(f"<tr>{cells('td', r)}</tr>" for r in self.rows)
+        return (
+            f"<table><caption>{html.escape(self.title)}</caption>"
+            f"<thead><tr>{cells('th', self.header)}</tr></thead><tbody>{body}</tbody>"
+            f'<tfoot><tr><td colspan="{len(self.header)}">{html.escape(self.footer)}</td></tr>'
+            "</tfoot></table>"
+        )
+
+    def __rich__(self) -> Any:
+        from rich.console import Group  # only rich calls this, so rich is installed
+        from rich.table import Table
+        from rich.text import Text
+
+        style = {"yes": "green", "frozen": "dim", "buffer": "cyan"}
+        table = Table(title=self.title, title_justify="left")
+        for i, name in enumerate(self.header):
+            table.add_column(name, justify="right" if i == len(self.header) - 1 else "left")
+        for row in self.rows:
+            table.add_row(*row, style=style.get(row[3]))
+        return Group(table, Text(self.footer))
+
+
+def variable_treescope_repr(var: _Variable, path: str | None, subtree_renderer: Any) -> Any:
+    """Treescope's rendering of a Parameter or Buffer: value (shape, dtype), flag, metadata.
+
+    Called by ``Parameter.__treescope_repr__`` (only treescope calls that, so treescope is
+    never imported by jparam): trainable parameters are drawn green, frozen ones grey, buffers
+    blue, and the value is treescope's own array rendering (expandable, with statistics).
+    """
+    from treescope import repr_lib
+
+    attributes: dict[str, Any] = {"value": var.value}
+    if isinstance(var, Parameter):
+        attributes["trainable"] = var.trainable
+        color = "#d6f5d6" if var.trainable else "#e6e6e6"
+    else:
+        color = "#d6e9f5"
+    if var._meta[1]:
+        attributes["metadata"] = var.metadata
+    return repr_lib.render_object_constructor(
+        type(var), attributes, path, subtree_renderer, roundtrippable=False, color=color
+    )

@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+import jax
+import numpy as np
 from jax import tree_util
 
 from .filters import Filter, as_filter, glob_matches, require_match
 from .module import Module
 from .parameter import Parameter, _Variable
 from .paths import children, map_variables, walk
+from .tying import TiedTo
 
 __all__ = ["at"]
 
@@ -118,11 +121,26 @@ def _resolve(tree: Any, where: str | Filter) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _assign(old: Any, new: Any) -> Any:
+def _assign(old: Any, new: Any, name: str) -> Any:
     # A raw array assigned where a Parameter/Buffer was keeps the flag and metadata; None
     # removes it (like PyTorch's ``module.bias = None``), it does not mean "keep the value".
     if isinstance(old, _Variable) and new is not None and not isinstance(new, _Variable):
         return old.replace(new)
+    if isinstance(new, (jax.Array, np.ndarray)):
+        # A raw array where a tie or a module (a parametrized weight) was would silently drop
+        # the tie or the constraint: say what was there and how to do what was meant.
+        if isinstance(old, TiedTo):
+            raise TypeError(
+                f"{name!r} is tied to {old.source_name(name)!r}: set the source instead (both "
+                "names follow it), or call jp.untie(model) first to give each name its own array"
+            )
+        if isinstance(old, Module):
+            inner = ", e.g. the raw value at '{name}.original'" if hasattr(old, "original") else ""
+            raise TypeError(
+                f"{name!r} holds a {type(old).__name__}, not a Parameter; setting a raw array "
+                f"would replace the whole module. Set the array inside it{inner.format(name=name)}"
+                f", or pass a jp.Parameter(...) to replace it on purpose"
+            )
     return new
 
 
@@ -143,7 +161,7 @@ class _At(Generic[T]):
         """Returns a new tree with each selected node ``x`` replaced by ``fn(x)``."""
         tree = self._tree
         for n in self._names:
-            tree = _update(tree, n.split("."), lambda old: _assign(old, fn(old)), n)
+            tree = _update(tree, n.split("."), lambda old, n=n: _assign(old, fn(old), n), n)
         return tree
 
     def set(self, value: Any) -> T:
@@ -170,7 +188,13 @@ def at(tree: T, where: str | Filter) -> _At[T]:
 def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
     """`Module.freeze`/`unfreeze`: set the flag on parameters whose names match any glob."""
     patterns = tuple(patterns)
-    names = [n for n, node in walk(tree) if isinstance(node, Parameter)]
+    names, aliases = [], {}  # a tied name selects its source: both are one parameter
+    for n, node in walk(tree, tied=True):
+        if isinstance(node, Parameter):
+            names.append(n)
+        elif isinstance(node, TiedTo):
+            names.append(n)
+            aliases.setdefault(node.source_name(n), []).append(n)
     for p in patterns:
         if not isinstance(p, str):
             raise TypeError(f"freeze/unfreeze take name globs (strings), got {p!r}")
@@ -179,7 +203,8 @@ def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
     def visit(name: str, x: Any) -> Any:
         if not isinstance(x, Parameter) or x.trainable == flag:
             return x
-        if patterns and not any(glob_matches(p, name) for p in patterns):
+        known = (name, *aliases.get(name, ()))
+        if patterns and not any(glob_matches(p, n) for p in patterns for n in known):
             return x
         return x.replace(trainable=flag)
 

@@ -1,9 +1,16 @@
 """summary() tables and the nested repr: names, shapes, totals; shapes not values; folding."""
 
+import pickle
+import re
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
+import pytest
 
 import jparam as jp
+from jparam.summary import Summary
 
 
 class Lin(jp.Module):
@@ -151,3 +158,83 @@ def test_repr_folds_repeated_modules_but_not_tuples_of_numbers():
     text = repr(Deep([conv, conv, conv]))
     assert "3 x Conv(" in text
     assert "kernel_size=(3, 3)" in text
+
+
+# -- richer renderings: notebooks (HTML), rich, treescope ------------------------------------
+
+
+def test_summary_is_the_plain_text_with_its_parts():
+    s = Net().summary()
+    assert isinstance(s, str) and isinstance(s, Summary)
+    lines = s.splitlines()
+    assert s.title == lines[0] == "Net"
+    assert s.header == ("name", "shape", "dtype", "trainable", "count")
+    assert [list(r) for r in s.rows][:2] == [
+        ["emb", "(10, 4)", "bfloat16", "frozen", "40"],
+        ["steps", "()", "int32", "buffer", "1"],
+    ]
+    assert s.rows[2] == ("blocks.0-2.weight", "(4, 4)", "float32", "yes", "3 x 16")
+    assert [r.split() for r in lines[3 : 3 + len(s.rows)]] == _rows(s)
+    assert s.footer == lines[-1]
+    copied = pickle.loads(pickle.dumps(s))
+    assert copied == s and copied.rows == s.rows and copied.footer == s.footer
+
+    class Printer:  # IPython's pretty printer: shows the table itself, not a quoted string
+        def text(self, t):
+            self.got = t
+
+    printer = Printer()
+    s._repr_pretty_(printer, False)
+    assert printer.got == str(s)
+
+
+def test_summary_html_table_for_notebooks():
+    s = Net().summary()
+    page = s._repr_html_()
+    assert page.startswith("<table><caption>Net</caption>") and page.endswith("</table>")
+    cells = re.findall(r"<t([dh]) [^>]*>([^<]*)</t[dh]>", page)
+    assert [c for tag, c in cells if tag == "h"] == list(s.header)
+    assert [c for tag, c in cells if tag == "d"] == [c for r in s.rows for c in r] + [s.footer]
+    assert f'<tfoot><tr><td colspan="5">{s.footer}</td></tr></tfoot>' in page
+    assert page.count('style="text-align:right"') == 1 + len(s.rows)  # the count column
+
+    class Odd(jp.Module):
+        weights: dict
+
+    escaped = jp.summary(Odd({"<b>": jp.Parameter(jnp.ones(2))}))._repr_html_()
+    assert "&lt;b&gt;.weights" not in escaped and "weights.&lt;b&gt;" in escaped
+    assert "<b>" not in escaped
+
+
+def test_summary_renders_as_a_rich_table():
+    pytest.importorskip("rich")
+    from rich.console import Console
+
+    console = Console(record=True, width=120, color_system=None)
+    console.print(Net().summary())
+    lines = console.export_text().splitlines()
+    assert lines[0].strip() == "Net"
+    table = [tuple(c.strip() for c in line.split("│")[1:-1]) for line in lines if "│" in line]
+    assert table == list(Net().summary().rows)  # the same cells, right-aligned counts included
+    assert "┃ name" in lines[2]
+    assert lines[-1] == Net().summary().footer
+
+
+def test_treescope_shows_parameters_with_shape_dtype_flag_and_metadata():
+    treescope = pytest.importorskip("treescope")
+    model = Lin(3, 2).replace(bias=jp.Parameter(jnp.zeros(2), trainable=False, axes=("out",)))
+    text = treescope.render_to_text({"lin": model, "steps": jp.Buffer(jnp.array(3))})
+    assert "weight=Parameter(" in text and "jax.Array float32(2, 3)" in text
+    assert "trainable=True" in text
+    bias = text[text.index("bias=Parameter(") :]
+    assert bias.index("trainable=False") < bias.index("metadata={'axes': ('out',)}")
+    steps = text[text.index("'steps': Buffer(") :]
+    assert "value=<jax.Array(3, dtype=int32)>" in steps and "trainable" not in steps
+    assert len(treescope.render_to_html(model)) > 1000  # the notebook view renders
+
+
+def test_importing_jparam_imports_no_display_or_logging_library():
+    libraries = "{'rich', 'treescope', 'tensorboardX'}"
+    code = f"import sys, jparam; print(sorted({libraries} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

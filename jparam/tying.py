@@ -1,0 +1,382 @@
+"""Tied weights: one parameter under two names, PyTorch's ``decoder.weight = embed.weight``.
+
+``jp.tie(model, "decoder.weight", "embed.weight")`` declares that the target name is the
+source parameter (``transpose=True``: its transpose). A pytree has no sharing, so the same
+`Parameter` placed at two attributes would become two leaves under ``jax.jit`` and drift apart
+after one optimizer step. Instead the target holds a `TiedTo` placeholder: a pytree node
+without children whose static part records the source's name, so the tie survives every
+flatten and unflatten and the model has one leaf for the shared array::
+
+    model = jp.tie(LM(key=key), "decoder.weight", "embed.weight")
+    [n for n, _ in model.named_parameters()]     # embed.weight once, no decoder.weight
+    list(model.state_dict())                      # both names, as PyTorch lists them
+    loss, grads = jp.value_and_grad(loss_fn)(model, ids)   # both uses summed into one
+
+The rules, all following from "two names, one parameter":
+
+- Everything that lists *parameters* sees it once, under the source name: ``named_parameters``,
+  ``num_parameters``, `jp.split`, `jp.grad`, `jp.Optimizer` (one array, one optimizer state),
+  optimizer masks and labels, `jp.stats`. The two names stay equal after any number of updates
+  because there is only one array to update.
+- `state_dict` lists both names (the target's value is the source's, transposed if declared),
+  so a PyTorch model with the same tie loads the file with a strict ``load_state_dict``.
+  `load_state_dict` and `jp.load` accept both names (they must agree, else the error names both),
+  the source alone, or the target alone.
+- ``freeze``/``unfreeze`` globs match either name: freezing ``"decoder.weight"`` or
+  ``"decoder"`` freezes the one shared parameter, so both uses, as in PyTorch where both
+  attributes hold the same tensor.
+
+When the model runs: `tie` returns the model as an instance of a subclass of its class whose
+``__call__`` first puts the source's value (transposed if declared) in place of each
+placeholder, then runs your ``__call__``. User code stays unchanged (``model(x)`` inside a loss,
+a jitted step, ``nn.stateful_call``), gradients flow from both uses into the one source leaf,
+and models without ties are untouched: their class, their flatten and their calls are what they
+were. Other methods (``model.encode(x)``) run on ``jp.untie(model)``, which returns the plain
+model with each tied name holding its own copy; a placeholder used as an array raises an error
+that says so.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import tree_util
+
+from .parameter import Parameter, _Variable, dtype_shape
+from .paths import join, walk
+
+__all__ = ["TiedTo", "tie", "ties", "untie"]
+
+T = TypeVar("T")
+
+
+class TiedTo:
+    """Stands at a tied name in place of its Parameter: a pytree node without children.
+
+    Its static part is ``(source, target, transpose)``, both names relative to the module that
+    `jp.tie` was called on, so the tie costs one tuple comparison on a ``jax.jit`` cache lookup
+    and survives the model being nested in a bigger one. It holds no array: a layer that reads
+    it before the tie is resolved gets an error naming both parameters.
+    """
+
+    __slots__ = ("aux",)
+
+    def __init__(self, source: str, target: str, transpose: bool = False) -> None:
+        self.aux = (source, target, bool(transpose))
+
+    @property
+    def source(self) -> str:
+        """The source parameter's name, relative to the module the tie was declared on."""
+        return self.aux[0]
+
+    @property
+    def target(self) -> str:
+        """This placeholder's own name, relative to the same module."""
+        return self.aux[1]
+
+    @property
+    def transpose(self) -> bool:
+        """Whether the target is the source's transpose."""
+        return self.aux[2]
+
+    def source_name(self, name: str) -> str:
+        """The source's full name, given this placeholder's full name ``name`` in a tree."""
+        target = self.aux[1]
+        if name == target:
+            return self.aux[0]
+        if name.endswith("." + target):
+            return join(name[: -len(target) - 1], self.aux[0])
+        raise ValueError(
+            f"the tie placeholder at {name!r} was declared for {target!r} (tied to "
+            f"{self.aux[0]!r}); the model was restructured around it. Declare the tie again "
+            "with jp.tie on the new model."
+        )
+
+    def resolve(self, source: Parameter) -> Parameter:
+        """The Parameter this name stands for, given the source Parameter."""
+        return source._with_value(_transpose(source.value)) if self.aux[2] else source
+
+    def _unresolved(self) -> str:
+        t = ".T" if self.aux[2] else ""
+        return (
+            f"{self.aux[1]} is tied to {self.aux[0]}{t} and holds no array of its own; it is "
+            "resolved when the model returned by jp.tie is called. To run another method or a "
+            "submodule on its own, resolve the ties first: `jp.untie(model).encode(x)`."
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "aux":
+            raise AttributeError(name)
+        raise AttributeError(f"TiedTo has no attribute {name!r}: {self._unresolved()}")
+
+    def __jax_array__(self) -> Any:
+        raise TypeError(self._unresolved())
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        raise TypeError(self._unresolved())
+
+    def __repr__(self) -> str:
+        t = ", transpose=True" if self.aux[2] else ""
+        return f"TiedTo({self.aux[0]!r}{t})"
+
+
+def _unflatten_tied(aux: tuple, children: tuple) -> TiedTo:
+    out = object.__new__(TiedTo)
+    out.aux = aux
+    return out
+
+
+tree_util.register_pytree_with_keys(
+    TiedTo,
+    lambda t: ((), t.aux),
+    _unflatten_tied,
+    flatten_func=lambda t: ((), t.aux),
+)
+
+
+def _transpose(x: Any) -> Any:
+    if isinstance(x, jax.ShapeDtypeStruct):  # an abstract model (jax.eval_shape)
+        return jax.ShapeDtypeStruct(tuple(x.shape)[::-1], x.dtype)
+    return x.T
+
+
+# -- the class whose __call__ resolves ------------------------------------------------------------
+
+_TIED_CLASSES: dict[type, type] = {}
+
+
+def _tied_class(cls: type) -> type:
+    """The subclass of ``cls`` that resolves its ties before running ``cls.__call__``."""
+    if "_jp_tied_base" in vars(cls):
+        return cls
+    if cls in _TIED_CLASSES:
+        return _TIED_CLASSES[cls]
+    namespace: dict[str, Any] = {
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        "_jp_tied_base": cls,
+        "__reduce__": lambda self: (_new_tied, (cls,), dict(self.__dict__)),
+    }
+    # `cls.__call__` would find the metaclass's __call__ when the class defines none.
+    call = next((vars(c)["__call__"] for c in cls.__mro__ if "__call__" in vars(c)), None)
+    if call is not None:
+
+        @functools.wraps(call)
+        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+            return call(_resolve(self), *args, **kwargs)
+
+        namespace["__call__"] = __call__
+    tied = type(cls)(cls.__name__, (cls,), namespace)
+    _TIED_CLASSES[cls] = tied
+    return tied
+
+
+def _new_tied(cls: type) -> Any:
+    """Unpickles a tied model: its class is created at run time, so pickle names the base."""
+    return object.__new__(_tied_class(cls))
+
+
+def _base(node: Any) -> Any:
+    base = vars(type(node)).get("_jp_tied_base")
+    if base is None:
+        return None
+    out = object.__new__(base)
+    out.__dict__.update(node.__dict__)
+    return out
+
+
+# -- resolution --------------------------------------------------------------------------------
+
+
+def resolve_entries(entries: Mapping[str, Any]) -> OrderedDict[str, Any]:
+    """``{name: Parameter | Buffer | TiedTo}`` with each placeholder replaced by its Parameter.
+
+    For `state_dict` and `summary`: a placeholder whose source is not among ``entries`` (a
+    gradient tree where the source is frozen, the rest of `jp.split`) is left out.
+    """
+    if not any(isinstance(node, TiedTo) for node in entries.values()):
+        return entries if isinstance(entries, OrderedDict) else OrderedDict(entries)
+    out: OrderedDict[str, Any] = OrderedDict()
+    for name, node in entries.items():
+        if isinstance(node, TiedTo):
+            source = entries.get(node.source_name(name))
+            if isinstance(source, Parameter):
+                out[name] = node.resolve(source)
+        else:
+            out[name] = node
+    return out
+
+
+def _concrete(x: Any) -> bool:
+    return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
+
+
+def load_tied(
+    expected: Mapping[str, Any],
+    tied: Mapping[str, tuple[str, bool]],
+    state: Any,
+    errors: list[str],
+) -> Any:
+    """``state`` without its tied names, for `load_state_dict` to load by the source names.
+
+    A tied name given with its source must hold the same values (transposed if declared), else
+    an error naming both goes to ``errors``; given alone, it stands in for its source.
+    """
+    if not tied or not isinstance(state, Mapping) or not any(t in state for t in tied):
+        return state
+    state = dict(state)
+    for target, (source, transpose) in tied.items():
+        if target not in state or target not in expected:
+            continue
+        value = _state._convert(target, expected[target], state.pop(target), errors)
+        if value is None:
+            continue
+        value = _transpose(value) if transpose else value
+        if source not in state:
+            state[source] = value
+            continue
+        given = _state._convert(source, expected[source], state[source], [])
+        if _concrete(given) and _concrete(value) and not jnp.array_equal(given, value, True):
+            shown = f"{source}.T" if transpose else source
+            errors.append(
+                f"{target} is tied to {shown}, but the state_dict gives them different values; "
+                f"give equal values, or only {source}"
+            )
+    return state
+
+
+def _placeholders(tree: Any) -> tuple[list[tuple[str, TiedTo]], dict[str, Any]]:
+    found, variables = [], {}
+    for name, node in walk(tree, tied=True):
+        if isinstance(node, TiedTo):
+            found.append((name, node))
+        elif isinstance(node, _Variable):
+            variables[name] = node
+    return found, variables
+
+
+def _resolve(tree: T) -> T:
+    """``tree`` with each placeholder replaced by its source Parameter (transposed if declared).
+
+    Only the modules on the way to a placeholder are copied, so every other module keeps its
+    identity (what ``nn.stateful_call`` matches updates by).
+    """
+    found, variables = _placeholders(tree)
+    for name, node in found:
+        source_name = node.source_name(name)
+        source = variables.get(source_name)
+        if not isinstance(source, Parameter):
+            what = "nothing" if source is None else type(source).__name__
+            raise ValueError(
+                f"{name} is tied to {source_name}, but {type(tree).__name__} holds {what} "
+                f"there, not a Parameter (was it split out with jp.split? merge it back first)"
+            )
+        param = node.resolve(source)
+        param = source._with_value(source.value) if param is source else param  # its own object
+        tree = _surgery._update(tree, name.split("."), lambda _, p=param: p, name)
+    return tree
+
+
+def untie(tree: T) -> T:
+    """The plain model: each tied name holds its own Parameter, a copy of its source's value.
+
+    Inside a differentiated function both copies still come from the one source leaf, so
+    ``jp.untie(model).encode(x)`` runs any method with the tie in effect. Outside, the result is
+    an ordinary model of your own class whose two names are independent from then on (e.g. to
+    fine-tune them separately)::
+
+        h = jp.untie(model).encode(ids)
+    """
+    return _paths.map_modules(_resolve(tree), _base)
+
+
+def ties(tree: Any) -> dict[str, tuple[str, bool]]:
+    """``{target: (source, transpose)}`` for every tie in ``tree``, by full name."""
+    return {
+        name: (node.source_name(name), node.transpose)
+        for name, node in walk(tree, tied=True)
+        if isinstance(node, TiedTo)
+    }
+
+
+def tie(tree: T, target: str, source: str, *, transpose: bool = False) -> T:
+    """Returns ``tree`` with the parameter named ``target`` made the one named ``source``.
+
+    ``transpose=True`` ties a 2-D target to the source's transpose (an autoencoder's decoder to
+    its encoder). Both must be Parameters of the same dtype and matching shapes; the target's
+    own value, flag and metadata are dropped, as when PyTorch assigns
+    ``decoder.weight = embed.weight``. A source that is itself tied is followed to its own
+    source. See the module docstring for what a tie means for names, gradients, optimizers,
+    files and freezing::
+
+        model = jp.tie(model, "decoder.weight", "embed.weight")
+        model = jp.tie(model, "dec.weight", "enc.weight", transpose=True)
+
+    Returns a model of a subclass of ``type(tree)`` (same name, same fields) whose ``__call__``
+    resolves the ties; call `tie` again for more ties.
+    """
+    for what, value in (("target", target), ("source", source)):
+        if not isinstance(value, str) or not value:
+            raise TypeError(f"jp.tie: {what} must be a parameter name, got {value!r}")
+    if not isinstance(transpose, (bool, np.bool_)):
+        raise TypeError(f"jp.tie: transpose must be a bool, got {transpose!r}")
+    transpose = bool(transpose)
+    if target == source:
+        raise ValueError(f"jp.tie: cannot tie {target!r} to itself")
+    nodes = {
+        name: node for name, node in walk(tree, tied=True) if isinstance(node, (_Variable, TiedTo))
+    }
+    src = nodes.get(source)
+    if isinstance(src, TiedTo):  # tie to what the source is tied to
+        source, transpose = src.source_name(source), transpose != src.transpose
+        src = nodes.get(source)
+    tgt = nodes.get(target)
+    params = [n for n, x in nodes.items() if isinstance(x, Parameter)]
+    sample = ", ".join(params[:8]) + (", ..." if len(params) > 8 else "")
+    for what, name, node in (("source", source, src), ("target", target, tgt)):
+        if isinstance(node, TiedTo):
+            raise ValueError(
+                f"jp.tie: {what} {name} is already tied to {node.source_name(name)}; "
+                "start from the untied model (jp.untie) to tie it differently"
+            )
+        if not isinstance(node, Parameter):
+            found = "no such name" if node is None else f"a {type(node).__name__}"
+            raise KeyError(
+                f"jp.tie: {what} {name!r} is not a Parameter of this {type(tree).__name__} "
+                f"({found}); parameters are: {sample}"
+            )
+    if transpose and src.ndim != 2:
+        raise ValueError(
+            f"jp.tie: transpose=True needs a 2-D source, but {source} is {dtype_shape(src)}"
+        )
+    want = tuple(src.shape)[::-1] if transpose else tuple(src.shape)
+    shown = f"{source}.T" if transpose else source
+    if tuple(tgt.shape) != want or tgt.dtype != src.dtype:
+        raise ValueError(
+            f"jp.tie: {target} is {dtype_shape(tgt)} but {shown} is "
+            f"{dtype_shape(jax.ShapeDtypeStruct(want, src.dtype))}; a tie shares one array, "
+            "so shapes and dtypes must match (transpose=True for a transposed tie)"
+        )
+    placeholder = TiedTo(source, target, transpose)
+    tree = _surgery._update(tree, target.split("."), lambda _: placeholder, target)
+    if isinstance(tree, _module.Module):
+        cls = _tied_class(type(tree))
+        if type(tree) is not cls:
+            out = object.__new__(cls)
+            out.__dict__.update(tree.__dict__)
+            tree = out
+    return tree
+
+
+# Imported last: `paths` imports this file at its end, and these import `paths`.
+from . import module as _module  # noqa: E402
+from . import paths as _paths  # noqa: E402
+from . import state as _state  # noqa: E402
+from . import surgery as _surgery  # noqa: E402
