@@ -138,15 +138,21 @@ def run(mb: float, rounds: int, n_layers: int, directory: str | None, json_path=
             save()
             if load is not None:
                 jax.block_until_ready(load())
-        for _ in range(rounds):
+        names = list(contenders)
+        for r in range(rounds):
             _remove(paths)  # every save writes new files, as a first save would
             os.sync()
-            for name, (save, _) in contenders.items():
+            # The order rotates every round: whoever goes first or right after another's
+            # allocations is not always the same contender.
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                save = contenders[name][0]
                 start = time.perf_counter()
                 save()
                 save_s[name].append(time.perf_counter() - start)
                 os.sync()  # untimed: leave no writeback for the next contender
-            for name, (_, load) in contenders.items():
+            for name in order:
+                load = contenders[name][1]
                 if load is None:
                     continue
                 start = time.perf_counter()

@@ -1,0 +1,5 @@
+"""``python -m benchmarks``: every suite, see `benchmarks.run`."""
+
+from benchmarks.run import main
+
+main()
