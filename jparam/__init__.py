@@ -5,9 +5,11 @@ save and load them by name; `jax.jit`, `jax.grad` and optax take the model as it
 `jparam.module` for a first example and README.md for the tour.
 """
 
-from . import init, nn, optim
+from . import amp, constraints, init, nn, optim, sharding
 from .checkpoint import latest_step, load_checkpoint, save_checkpoint
+from .constraints import parametrize, project
 from .filters import Filter, as_filter, frozen, is_buffer, is_parameter, name, trainable
+from .logger import TensorBoardLogger
 from .module import Module, field
 from .monitoring import NonFinite, check_finite, first_nonfinite, global_norm, stats
 from .optim import Optimizer
@@ -32,10 +34,12 @@ from .serialization import (
     save,
 )
 from .sharded import load_sharded, save_sharded
+from .sharding import shard, shardings
 from .state import IncompatibleKeys, StateDictError, load_state_dict, state_dict
 from .summary import summary
 from .surgery import at
 from .training import grad, value_and_grad
+from .tying import TiedTo, tie, ties, untie
 
 __version__ = "0.1.0"
 
@@ -50,11 +54,15 @@ __all__ = [
     "Parameter",
     "SaveInfo",
     "StateDictError",
+    "TensorBoardLogger",
+    "TiedTo",
+    "amp",
     "as_filter",
     "astype",
     "at",
     "buffers",
     "check_finite",
+    "constraints",
     "field",
     "first_nonfinite",
     "from_torch_state_dict",
@@ -79,16 +87,24 @@ __all__ = [
     "nn",
     "optim",
     "parameters",
+    "parametrize",
     "path_name",
+    "project",
     "save",
     "save_checkpoint",
     "save_sharded",
+    "shard",
+    "sharding",
+    "shardings",
     "split",
     "state_dict",
     "stats",
     "summary",
+    "tie",
+    "ties",
     "to",
     "to_array",
     "trainable",
+    "untie",
     "value_and_grad",
 ]
