@@ -6,6 +6,7 @@ median discards the rounds a neighbour spoiled.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -36,6 +37,18 @@ def interleaved(
             jax.block_until_ready(out)
             samples[name].append((time.perf_counter() - start) / inner)
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def mlp_step_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks that time a jitted step of the small tanh MLP."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=31)
+    parser.add_argument("--inner", type=int, default=100)
+    parser.add_argument("--json", default=None)
+    return parser
 
 
 def machine() -> str:

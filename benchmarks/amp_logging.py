@@ -17,7 +17,6 @@ One small MLP adam step with `jp.Optimizer` is the floor. Against it, interleave
 
 from __future__ import annotations
 
-import argparse
 import functools
 import tempfile
 
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 import jparam as jp
-from benchmarks._timing import interleaved, machine, report
+from benchmarks._timing import interleaved, machine, mlp_step_parser, report
 from benchmarks.step_overhead import _jparam_model, _mse, _weights
 
 
@@ -111,14 +110,7 @@ def run(depth: int, width: int, batch: int, rounds: int, inner: int, json_path=N
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=31)
-    parser.add_argument("--inner", type=int, default=100)
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
+    args = mlp_step_parser(__doc__.split("\n")[0]).parse_args(argv)
     print(run(args.depth, args.width, args.batch, args.rounds, args.inner, args.json))
 
 

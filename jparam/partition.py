@@ -28,7 +28,7 @@ from jax import tree_util
 
 from .filters import FilterLike, as_filter
 from .parameter import _Variable, rebuild_variable
-from .paths import is_variable, path_name
+from .paths import is_variable, path_name, register_static_node
 
 __all__ = ["Hole", "merge", "split"]
 
@@ -62,18 +62,7 @@ class Hole:
         return f"Hole({self.aux[0]!r}, {kind})"
 
 
-def _unflatten_hole(aux: tuple, children: tuple) -> Hole:
-    hole = object.__new__(Hole)
-    hole.aux = aux
-    return hole
-
-
-tree_util.register_pytree_with_keys(
-    Hole,
-    lambda h: ((), h.aux),
-    _unflatten_hole,
-    flatten_func=lambda h: ((), h.aux),
-)
+register_static_node(Hole)
 
 
 def _is_hole(x: Any) -> bool:

@@ -98,6 +98,25 @@ def children(node: Any) -> list[tuple[str, Any]]:
     return [(path_name(path), child) for path, child in flat]
 
 
+def register_static_node(cls: type) -> None:
+    """Registers ``cls`` as a pytree node without children whose ``aux`` attribute is static.
+
+    For placeholders (`partition.Hole`, `tying.TiedTo`): they survive every flatten and
+    unflatten as structure, cost one comparison on a ``jax.jit`` cache lookup, and unflatten
+    without running ``__init__``.
+    """
+
+    def unflatten(aux: tuple, children: tuple) -> Any:
+        out = object.__new__(cls)
+        out.aux = aux
+        return out
+
+    def flatten(node: Any) -> tuple[tuple, tuple]:
+        return (), node.aux
+
+    tree_util.register_pytree_with_keys(cls, flatten, unflatten, flatten_func=flatten)
+
+
 def walk(
     tree: Any, prefix: str = "", recurse: bool = True, tied: bool = False
 ) -> Iterator[tuple[str, Any]]:

@@ -10,7 +10,7 @@ shape change is an error, never a silent cast or broadcast.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import jax
@@ -64,26 +64,6 @@ def _abstract(tree: Any) -> Any:
     return tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
 
 
-def state_walk(tree: Any, prefix: str = "", *, abstract: bool = False) -> Iterator[tuple[str, Any]]:
-    """`paths.walk` under saved names: a module with a state view is walked as its view.
-
-    ``abstract=True`` builds views from shapes and dtypes only (enough for `summary`), so no
-    array is sliced or copied.
-    """
-    skip = None  # the name (plus ".") of a module whose view was walked instead of its fields
-    for name, node in walk(tree, prefix, tied=True):
-        if skip is not None:
-            if skip == "" or name.startswith(skip):
-                continue
-            skip = None
-        if _has_view(node):
-            view = (_abstract(node) if abstract else node)._jp_state_view()
-            yield from state_walk(view, name, abstract=abstract)
-            skip = f"{name}." if name else ""
-            continue
-        yield name, node
-
-
 def _with_views(node: Any) -> Any:
     """``node`` with each module that has a state view replaced by it, outermost first."""
     if _has_view(node):
@@ -111,24 +91,39 @@ def _from_views(tree: Any) -> Any:
     return map_modules(tree, restore)
 
 
-def _found(tree: Any, prefix: str, views: list[str] | None) -> OrderedDict[str, Any]:
-    # `state_walk` filtered, written out without its generator: state_dict's cost per node.
+def saved_variables(
+    tree: Any,
+    prefix: str = "",
+    views: list[str] | None = None,
+    *,
+    abstract: bool = False,
+    all_buffers: bool = False,
+) -> OrderedDict[str, Any]:
+    """``{name: Parameter | Buffer | TiedTo}`` under saved names, in PyTorch's order.
+
+    A module with a state view is walked as its view (its name goes to ``views``); with
+    ``abstract=True`` views are built from shapes and dtypes only (enough for `summary`), so no
+    array is sliced or copied. Non-persistent buffers are left out unless ``all_buffers``.
+    """
     found: OrderedDict[str, Any] = OrderedDict()
-    skip = None
+    skip = None  # the name (plus ".") of a module whose view was walked instead of its fields
     for name, node in walk(tree, prefix, tied=True):
         if skip is not None:
             if skip == "" or name.startswith(skip):
                 continue
             skip = None
         if isinstance(node, _Variable):
-            if _persistent(node):
+            if all_buffers or _persistent(node):
                 found[name] = node
         elif isinstance(node, TiedTo):
             found[name] = node
         elif _has_view(node):
             if views is not None:
                 views.append(name)
-            found.update(_found(node._jp_state_view(), name, views))
+            view = (_abstract(node) if abstract else node)._jp_state_view()
+            found.update(
+                saved_variables(view, name, views, abstract=abstract, all_buffers=all_buffers)
+            )
             skip = f"{name}." if name else ""
     return found
 
@@ -137,7 +132,7 @@ def _entries(
     tree: Any, prefix: str = "", views: list[str] | None = None
 ) -> OrderedDict[str, _Variable]:
     # A tied name gets its source's value, as in PyTorch.
-    return resolve_entries(_found(tree, prefix, views))
+    return resolve_entries(saved_variables(tree, prefix, views))
 
 
 def state_dict(tree: Any, prefix: str = "", keep_vars: bool = False) -> OrderedDict[str, Any]:
@@ -231,7 +226,7 @@ def load_state_dict(tree: T, state: Mapping[str, Any], strict: bool = True) -> A
     still raise, as in PyTorch.
     """
     views: list[str] = []
-    found = _found(tree, "", views)
+    found = saved_variables(tree, "", views)
     expected, errors = resolve_entries(found), []
     # A tied name may come with its source, alone, or not at all.
     tied = {

@@ -21,7 +21,7 @@ import numpy as np
 
 from .module import Module
 from .parameter import Parameter, _Variable, dtype_shape
-from .state import state_walk
+from .state import saved_variables
 from .tying import TiedTo, resolve_entries
 
 __all__ = ["Summary", "module_repr", "summary", "variable_treescope_repr"]
@@ -176,9 +176,10 @@ def summary(tree: Any) -> Summary:
     seen: set[int] = set()
     totals = {"trainable": 0, "frozen": 0, "buffer": 0}
     size = 0
-    entries = list(state_walk(tree, abstract=True))  # saved names: stacked layers one by one
-    shared = resolve_entries(dict(e for e in entries if isinstance(e[1], (_Variable, TiedTo))))
-    for name, node in entries:
+    # Saved names: stacked layers one by one.
+    entries = saved_variables(tree, abstract=True, all_buffers=True)
+    shared = resolve_entries(entries)
+    for name, node in entries.items():
         if isinstance(node, TiedTo) and name in shared:  # counted once, at its source
             var, source = shared[name], node.source_name(name) + (".T" if node.transpose else "")
             rows.append((name, _shape(var), str(jnp.dtype(var.dtype)), f"tied to {source}", 0))

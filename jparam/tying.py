@@ -46,10 +46,9 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import tree_util
 
 from .parameter import Parameter, _Variable, dtype_shape
-from .paths import join, walk
+from .paths import join, register_static_node, walk
 
 __all__ = ["TiedTo", "tie", "ties", "untie"]
 
@@ -126,18 +125,7 @@ class TiedTo:
         return f"TiedTo({self.aux[0]!r}{t})"
 
 
-def _unflatten_tied(aux: tuple, children: tuple) -> TiedTo:
-    out = object.__new__(TiedTo)
-    out.aux = aux
-    return out
-
-
-tree_util.register_pytree_with_keys(
-    TiedTo,
-    lambda t: ((), t.aux),
-    _unflatten_tied,
-    flatten_func=lambda t: ((), t.aux),
-)
+register_static_node(TiedTo)
 
 
 def _transpose(x: Any) -> Any:
