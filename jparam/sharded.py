@@ -18,8 +18,12 @@ fully replicated)::
 On disk the directory is a plain orbax PyTree checkpoint of the flat ``{name: array}`` dict,
 so ``orbax.checkpoint.StandardCheckpointer().restore(path)`` reads it without jparam.
 
+A `jp.Optimizer` saves and loads the same way (its state by name, as `Optimizer.state_dict`
+names it), and so does a plain ``{name: array}`` dict (`load_sharded` then returns a dict).
+
 Multi-host: every process must call `save_sharded` and `load_sharded` with the same
-arguments (orbax synchronises them and each host writes or reads only its own shards).
+arguments (orbax synchronises them and each host writes or reads only its own shards). This is
+unlike `jp.save_checkpoint`, which one process calls.
 
 Atomicity (orbax's, checked against orbax-checkpoint 0.12): on local and POSIX filesystems the
 checkpoint is written into ``<directory>.orbax-checkpoint-tmp``, a ``commit_success.txt`` is
@@ -28,7 +32,12 @@ leaves no ``<directory>`` at all (the stale temporary directory is removed by th
 and `load_sharded` refuses an unfinished one. On GCS orbax writes in place and marks
 completion with ``commit_success.txt`` instead of a rename. orbax's own ``force=True`` deletes
 the old checkpoint *before* writing the new one; ``overwrite=True`` here instead writes the new
-checkpoint beside the old one and swaps them only once it is complete.
+checkpoint beside the old one (``.NAME.jparam-new``) and swaps them only once it is complete: the
+old one is renamed to ``.NAME.jparam-old``, the new one into place, and the old one to
+``.NAME.jparam-trash`` before it is deleted. A crash between the two renames leaves no
+``NAME``: `load_sharded` then reads ``.NAME.jparam-old``, and the next `save_sharded` of
+``NAME`` renames it back first. The next save also removes a stale ``.NAME.jparam-new`` and
+trash.
 
 orbax-checkpoint is optional: ``pip install orbax-checkpoint`` (or the ``jparam[orbax]`` extra).
 """
@@ -45,17 +54,28 @@ from typing import Any
 import jax
 import numpy as np
 
+from .optim import Optimizer
 from .parameter import to_array
-from .serialization import CheckpointError, PathLike, SaveInfo, _is_flat_mapping, rename_keys
+from .serialization import (
+    CheckpointError,
+    PathLike,
+    SaveInfo,
+    _fsync_dir,
+    _is_flat_mapping,
+    is_plain_arrays,
+    rename_keys,
+)
 from .state import StateDictError, load_state_dict, match_state, state_dict
 
 __all__ = ["load_sharded", "save_sharded"]
 
 _NEW_SUFFIX = ".jparam-new"
 _OLD_SUFFIX = ".jparam-old"
+_TRASH_SUFFIX = ".jparam-trash"
 # Files orbax writes into every checkpoint directory; `overwrite=True` only ever deletes a
 # directory holding one of them, never an arbitrary directory named by mistake.
 _ORBAX_MARKERS = ("_CHECKPOINT_METADATA", "_METADATA", "commit_success.txt")
+_ORBAX_TMP = ".orbax-checkpoint-tmp"  # orbax writes NAME into NAME.orbax-checkpoint-tmp first
 # Barrier names must be unique; every process makes the same calls, so the counters agree.
 _barrier_ids = itertools.count()
 
@@ -82,8 +102,21 @@ def _checkpointer(ocp: Any) -> Any:
     return ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
 
 
+def _named_values(tree: Any) -> dict[str, Any]:
+    """What is saved of ``tree``, by name: its `state_dict`, an optimizer's state, or a dict."""
+    if isinstance(tree, Optimizer):
+        return tree.state_dict()
+    return tree if _is_flat_mapping(tree) else state_dict(tree)
+
+
 def _arrays_to_save(tree: Any) -> dict[str, Any]:
-    values = tree if _is_flat_mapping(tree) else state_dict(tree)
+    values = _named_values(tree)
+    if not values:
+        raise ValueError(
+            f"save_sharded: the {type(tree).__name__} holds no arrays to save (no parameters "
+            "or buffers, or an optimizer without state, e.g. plain SGD); there is nothing to "
+            "checkpoint"
+        )
     out: dict[str, Any] = {}
     errors: list[str] = []
     for name, value in values.items():
@@ -111,6 +144,39 @@ def _barrier(ocp: Any, what: str) -> None:
     ocp.multihost.sync_global_processes(f"jparam_save_sharded_{what}_{next(_barrier_ids)}")
 
 
+def _side(path: Any, suffix: str) -> Any:
+    return path.parent / f".{path.name}{suffix}"
+
+
+def _fsync_parent(path: Any) -> None:
+    if "://" not in os.fspath(path):
+        _fsync_dir(Path(os.fspath(path)).parent)
+
+
+def _discard(old: Any, path: Any) -> None:
+    """Deletes ``old`` (the checkpoint ``path`` replaced) so that it stops counting at once:
+    renamed to ``.NAME.jparam-trash``, then removed."""
+    trash = _side(path, _TRASH_SUFFIX)
+    old.rename(trash)
+    trash.rmtree()
+
+
+def _tidy(path: Any) -> None:
+    """Undoes what a killed save of ``path`` left: the old checkpoint moved aside comes back
+    (or goes, if the new one made it into place); stale staging and trash are removed."""
+    old, trash = _side(path, _OLD_SUFFIX), _side(path, _TRASH_SUFFIX)
+    if trash.exists():
+        trash.rmtree()
+    if old.exists():
+        if path.exists():
+            _discard(old, path)
+        else:
+            old.rename(path)
+    for stale in (_side(path, _NEW_SUFFIX), _side(path, _NEW_SUFFIX + _ORBAX_TMP)):
+        if stale.exists():
+            stale.rmtree()
+
+
 def save_sharded(directory: PathLike, tree: Any, *, overwrite: bool = False) -> SaveInfo:
     """Saves the `state_dict` of ``tree`` (or a ``{name: array}`` dict) to an orbax directory.
 
@@ -118,11 +184,12 @@ def save_sharded(directory: PathLike, tree: Any, *, overwrite: bool = False) -> 
     gathered onto one device or host. Returns once the checkpoint is complete and committed;
     ``bytes`` in the returned `SaveInfo` is the arrays' total size.
 
+    ``tree`` is a model, a `jp.Optimizer` (its state by name) or a ``{name: array}`` dict.
     ``directory`` must not exist yet (an empty directory is accepted). An existing checkpoint
     raises `FileExistsError` unless ``overwrite=True``; the new checkpoint is then written next
     to the old one (``.NAME.jparam-new``) and swapped in by two renames only when complete, so
-    a failed save keeps the old one (a crash between the renames leaves both, the old one as
-    ``.NAME.jparam-old``). Only a directory that holds an orbax checkpoint is ever replaced.
+    a failed or killed save keeps the old one loadable (see the module docstring). Only a
+    directory that holds an orbax checkpoint is ever replaced.
 
     Every process of a multi-host job must call this with the same arguments. Example::
 
@@ -135,6 +202,9 @@ def save_sharded(directory: PathLike, tree: Any, *, overwrite: bool = False) -> 
     arrays = _arrays_to_save(tree)
     nbytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in arrays.values())
     primary = ocp.multihost.is_primary_host(0)
+    if primary:
+        _tidy(path)
+    _barrier(ocp, "tidied")  # every process sees the tidied directory
     replace = False
     if path.exists():
         if not path.is_dir():
@@ -166,11 +236,10 @@ def save_sharded(directory: PathLike, tree: Any, *, overwrite: bool = False) -> 
             # force: a stale staging directory can only be left by an earlier failed save.
             ckptr.save(staging, args=ocp.args.PyTreeSave(arrays), force=True)
             if primary:
-                if old.exists():
-                    old.rmtree()
-                path.rename(old)
+                path.rename(old)  # from here until the next rename, `old` is the checkpoint
                 staging.rename(path)
-                old.rmtree()
+                _fsync_parent(path)
+                _discard(old, path)
             _barrier(ocp, "swapped")
     finally:
         ckptr.close()
@@ -232,10 +301,10 @@ def _target_shardings(
         elif isinstance(shardings, jax.sharding.Sharding):
             sharding = shardings
         else:
-            sharding = _sharding_of(expected[name].value)
+            sharding = _sharding_of(expected[name])
         if sharding is None:
             errors.append(
-                f"{name}: no target sharding (like's value {expected[name].value} has none); "
+                f"{name}: no target sharding (like's value {expected[name]} has none); "
                 "pass shardings= or give like's arrays a .sharding"
             )
             continue
@@ -256,6 +325,33 @@ def _target_shardings(
     return out
 
 
+def _expected(like: Any) -> dict[str, Any]:
+    """The arrays (or abstract arrays) ``like`` expects, by the names they are saved under."""
+    if isinstance(like, Optimizer) or is_plain_arrays(like):
+        return dict(_named_values(like))
+    return {n: v.value for n, v in state_dict(like, keep_vars=True).items()}
+
+
+def _put_back(like: Any, values: dict[str, Any]) -> Any:
+    """A copy of ``like`` holding ``values`` (a subset of its names)."""
+    if isinstance(like, Optimizer):
+        return like.load_state_dict(values, strict=False)
+    if is_plain_arrays(like):
+        return {**like, **values}
+    new, _ = load_state_dict(like, values, strict=False)
+    return new
+
+
+def _existing(path: Any) -> Any:
+    """``path``, or the old checkpoint a save killed between its two renames left aside."""
+    if not path.exists():
+        old = _side(path, _OLD_SUFFIX)
+        if old.exists() and _is_orbax_checkpoint(old):
+            return old
+        raise FileNotFoundError(f"no sharded checkpoint at {path}")
+    return path
+
+
 def load_sharded(
     directory: PathLike,
     like: Any,
@@ -267,8 +363,9 @@ def load_sharded(
     """Loads a `save_sharded` checkpoint into a copy of ``like``, each array in its sharding.
 
     ``like`` is a concrete model or an abstract one from ``jax.eval_shape`` (leaves
-    ``jax.ShapeDtypeStruct``). Each array is read straight into its target sharding, shard by
-    shard; none is first assembled on one device. The target of a name is, in order:
+    ``jax.ShapeDtypeStruct``), a `jp.Optimizer` (returns one with the loaded state) or a
+    ``{name: array}`` dict (returns a dict). Each array is read straight into its target
+    sharding, shard by shard; none is first assembled on one device. The target of a name is:
     ``shardings[name]`` when ``shardings`` is a dict, ``shardings`` itself when it is one
     `Sharding`, else the ``.sharding`` of ``like``'s array (an abstract leaf without one is an
     error). Values take ``like``'s dtype within the same kind, as in `jp.load_state_dict`.
@@ -284,15 +381,13 @@ def load_sharded(
         model = jp.load_sharded("/ckpt/step_1000", model)      # into model's own shardings
     """
     ocp, epath = _orbax()
-    path = _path(directory, epath)
-    if not path.exists():
-        raise FileNotFoundError(f"no sharded checkpoint at {path}")
+    path = _existing(_path(directory, epath))
     ckptr = _checkpointer(ocp)
     try:
         saved = _saved_arrays(ocp, ckptr, path)
         model_to_file = rename_keys({n: n for n in saved}, rename)
         state = {name: saved[file] for name, file in model_to_file.items()}
-        expected = state_dict(like, keep_vars=True)
+        expected = _expected(like)
         values, incompatible = match_state(expected, state, strict, type(like).__name__)
         names = [n for n in expected if n in values]
         targets = _target_shardings(expected, names, shardings)
@@ -314,7 +409,5 @@ def load_sharded(
             )
     finally:
         ckptr.close()
-    new, _ = load_state_dict(
-        like, {name: restored[model_to_file[name]] for name in names}, strict=False
-    )
+    new = _put_back(like, {name: restored[model_to_file[name]] for name in names})
     return new if strict else (new, incompatible)

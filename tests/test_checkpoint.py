@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import chex
@@ -13,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import xxhash
 
 import jparam as jp
 import jparam.checkpoint as checkpoint_module
-from jparam import nn
+from jparam import nn, tempfiles
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(__file__).resolve().with_name("resume_script.py")
@@ -194,15 +197,86 @@ def test_saving_a_step_again_replaces_it(tmp_path):
     assert entries(tmp_path) == ["step_000000005"]
 
 
-def test_stale_replacement_leftover_does_not_block_saving(tmp_path):
-    # A crash in the middle of replacing step 5 leaves ".step_000000005.old" behind.
-    jp.save_checkpoint(tmp_path, 5, model=Net(seed=0))
-    stale = tmp_path / ".step_000000005.old"
-    stale.mkdir()
-    (stale / "model.safetensors").write_bytes(b"stale")
+def dead_pid() -> int:
+    """The id of a process of this host that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def leftover(directory, target, kind, pid=None, host=None):
+    """The name a save by process ``pid`` (a dead one by default) gives its temporary."""
+    pid = dead_pid() if pid is None else pid
+    return Path(directory) / f".{target}.jp-{host or tempfiles.HOST}-{pid}-{0:012x}.{kind}"
+
+
+def test_a_step_moved_aside_by_a_killed_replacement_is_still_the_step(tmp_path):
+    # Killed between moving the old step 5 aside and renaming the new one in.
+    jp.save_checkpoint(tmp_path, 4, model=Net(seed=4), version=4)
+    jp.save_checkpoint(tmp_path, 5, model=Net(seed=0), version=1)
+    aside = leftover(tmp_path, "step_000000005", "old")
+    (tmp_path / "step_000000005").rename(aside)
+    assert jp.latest_step(tmp_path) == 5  # not a silent fall back to step 4
+    ckpt = jp.load_checkpoint(tmp_path, model=Net())
+    assert ckpt["step"] == 5 and ckpt["version"] == 1
+    assert_trees_bitwise_equal(ckpt["model"], Net(seed=0))
+    assert jp.load_checkpoint(tmp_path, model=Net(), step=5)["version"] == 1
+    # The next save, of any step, puts it back.
+    jp.save_checkpoint(tmp_path, 6, model=Net(seed=6), keep=None)
+    assert entries(tmp_path) == ["step_000000004", "step_000000005", "step_000000006"]
+    assert jp.load_checkpoint(tmp_path, model=Net(), step=5)["version"] == 1
+
+
+def test_a_stale_aside_copy_never_replaces_a_newer_step(tmp_path):
+    # Killed after the new step 5 was renamed in, before the old one was deleted.
+    jp.save_checkpoint(tmp_path, 5, model=Net(seed=0), version=1)
+    old = leftover(tmp_path, "step_000000005", "old")
+    shutil.copytree(tmp_path / "step_000000005", old)
     jp.save_checkpoint(tmp_path, 5, model=Net(seed=1), version=2)
     assert jp.load_checkpoint(tmp_path, model=Net())["version"] == 2
     assert entries(tmp_path) == ["step_000000005"]
+
+
+def test_leftovers_of_dead_savers_go_and_those_of_live_ones_stay(tmp_path):
+    jp.save_checkpoint(tmp_path, 1, model=Net())
+    dead_tmp = leftover(tmp_path, "step_000000002", "tmp")
+    live_tmp = leftover(tmp_path, "step_000000002", "tmp", pid=os.getpid())
+    other_host = leftover(tmp_path, "step_000000002", "tmp", host="0123abcd")
+    old_other_host = leftover(tmp_path, "step_000000003", "tmp", host="0123abcd")
+    trash = leftover(tmp_path, "step_000000000", "trash", pid=os.getpid())
+    live_aside = leftover(tmp_path, "step_000000001", "old", pid=os.getpid())
+    for d in (dead_tmp, live_tmp, other_host, old_other_host, trash, live_aside):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x" * 100)
+    day_and_a_bit = time.time() - tempfiles.STALE_AFTER_S - 3600
+    for p in (old_other_host, old_other_host / "model.safetensors"):
+        os.utime(p, (day_and_a_bit, day_and_a_bit))
+    (tmp_path / ".step_000000002.deadbeef.tmp").mkdir()  # not jparam's naming: never touched
+    jp.save_checkpoint(tmp_path, 2, model=Net())
+    assert entries(tmp_path) == sorted(
+        [
+            ".step_000000002.deadbeef.tmp",
+            live_tmp.name,  # a save still running in this process
+            other_host.name,  # another host's: its process may be alive
+            live_aside.name,  # this process is replacing step 1 right now
+            "step_000000001",
+            "step_000000002",
+        ]
+    )
+
+
+def test_jp_save_removes_leftovers_of_its_target_only(tmp_path):
+    target = tmp_path / "model.safetensors"
+    jp.save(target, Net())
+    mine = leftover(tmp_path, "model.safetensors", "tmp")
+    other = leftover(tmp_path, "other.safetensors", "tmp")
+    live = leftover(tmp_path, "model.safetensors", "tmp", pid=os.getpid())
+    for d in (mine, other, live):
+        d.mkdir()
+        (d / ".tmpAbC123").write_bytes(b"half a file")  # safetensors' own scratch file
+    jp.save(target, Net(seed=1))
+    assert entries(tmp_path) == sorted([other.name, live.name, "model.safetensors"])
+    assert_trees_bitwise_equal(jp.load(target, Net()), Net(seed=1))
 
 
 @pytest.mark.parametrize("step", [-1, 1.5, "3", None])
@@ -330,10 +404,8 @@ def test_resumed_training_in_a_fresh_process_is_bitwise_identical(tmp_path):
     np.testing.assert_array_equal(jax.random.key_data(resumed["key"]), jax.random.key_data(key20))
     # and the run really trained: the parameters moved and differ from ten steps in.
     assert not np.array_equal(straight["0.weight"], model10.state_dict()["0.weight"])
-    assert json.loads((tmp_path / "resumed" / "step_000000020" / "extra.json").read_text()) == {
-        "step": 20,
-        "extra": {"seen": 640},
-    }
+    manifest = json.loads((tmp_path / "resumed" / "step_000000020" / "extra.json").read_text())
+    assert manifest["data"]["step"] == 20 and manifest["data"]["extra"] == {"seen": 640}
 
 
 def test_keep_always_keeps_the_step_just_saved(tmp_path):
@@ -350,3 +422,127 @@ def _keep_model():
         w: jp.Parameter
 
     return Small(jp.Parameter(jnp.ones(2)))
+
+
+# -- extra.json: checksummed, and every refusal a CheckpointError ---------------------------------
+
+
+def test_every_bit_flip_of_extra_json_is_refused(tmp_path):
+    jp.save_checkpoint(tmp_path, 3, model=_keep_model(), epoch=12, name="run-a", lr=1e-3)
+    path = tmp_path / "step_000000003" / "extra.json"
+    good = path.read_bytes()
+    like = _keep_model()
+    assert jp.load_checkpoint(tmp_path, model=like)["epoch"] == 12
+    for bit in range(len(good) * 8):
+        bad = bytearray(good)
+        bad[bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(bytes(bad))
+        with pytest.raises(jp.CheckpointError, match="extra.json") as e:
+            jp.load_checkpoint(tmp_path, model=like, step=3)
+        assert str(path) in str(e.value), (bit, str(e.value))
+        # A corrupted step still counts as the latest, so loading it says what is wrong
+        # instead of silently falling back to an older step.
+        assert jp.latest_step(tmp_path) == 3
+    path.write_bytes(good)
+    assert jp.load_checkpoint(tmp_path, model=like)["epoch"] == 12
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"{not json", b'{"step": 3, "extra": {}}', b"\x00" * 40, b"[]"],
+    ids=["empty", "bad-json", "unchecksummed", "zeros", "list"],
+)
+def test_unreadable_extra_json_is_a_checkpoint_error_naming_it(tmp_path, content):
+    jp.save_checkpoint(tmp_path, 3, model=_keep_model())
+    path = tmp_path / "step_000000003" / "extra.json"
+    path.write_bytes(content)
+    with pytest.raises(jp.CheckpointError, match=f"{path}.*(corrupted|not a jparam)"):
+        jp.load_checkpoint(tmp_path, model=_keep_model())
+
+
+def test_checksummed_but_malformed_manifest_is_refused(tmp_path):
+    jp.save_checkpoint(tmp_path, 3, model=_keep_model())
+    step_dir = tmp_path / "step_000000003"
+    for data, match in [
+        (b'{"step":3,"files":"model.safetensors","extra":{}}', "fields of a checkpoint"),
+        (b'{"step":3,"files":{"model.safetensors":1},"extra":{}', "invalid JSON"),
+    ]:
+        digest = xxhash.xxh3_64_hexdigest(data).encode()
+        (step_dir / "extra.json").write_bytes(b'{"xxh3_64":"' + digest + b'","data":' + data + b"}")
+        with pytest.raises(jp.CheckpointError, match=match):
+            jp.load_checkpoint(tmp_path, model=_keep_model(), step=3)
+
+
+# -- incomplete, truncated and misnamed steps -----------------------------------------------------
+
+
+def test_missing_file_in_a_step(tmp_path):
+    model, opt = trained()
+    jp.save_checkpoint(tmp_path, 1, model=model, opt=opt, key=jax.random.key(0))
+    jp.save_checkpoint(tmp_path, 2, model=model, opt=opt, key=jax.random.key(0))
+    for name in ("optimizer.safetensors", "extra.safetensors", "model.safetensors"):
+        shutil.copytree(tmp_path / "step_000000002", tmp_path / "copy")
+        (tmp_path / "step_000000002" / name).unlink()
+        # Half deleted: not a step any more for latest_step ...
+        assert jp.latest_step(tmp_path) == 1
+        assert jp.load_checkpoint(tmp_path, model=Net(), opt=opt)["step"] == 1
+        # ... and asked for by number, an error naming the missing file.
+        with pytest.raises(jp.CheckpointError, match=f"{tmp_path / 'step_000000002' / name}"):
+            jp.load_checkpoint(tmp_path, model=Net(), opt=opt, step=2)
+        shutil.rmtree(tmp_path / "step_000000002")
+        (tmp_path / "copy").rename(tmp_path / "step_000000002")
+    (tmp_path / "step_000000002" / "extra.json").unlink()  # the marker of a complete step
+    assert jp.latest_step(tmp_path) == 1
+    with pytest.raises(jp.CheckpointError, match="extra.json is missing.*not a complete"):
+        jp.load_checkpoint(tmp_path, model=Net(), step=2)
+
+
+def test_truncated_file_in_a_step(tmp_path):
+    jp.save_checkpoint(tmp_path, 1, model=Net())
+    path = tmp_path / "step_000000001" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(jp.CheckpointError, match=f"{path} has .* bytes.*truncated"):
+        jp.load_checkpoint(tmp_path, model=Net())
+
+
+def test_step_directories_with_bad_names(tmp_path):
+    jp.save_checkpoint(tmp_path / "src", 5, model=Net())
+    (tmp_path / "src" / "step_000000005").rename(tmp_path / "step_5")
+    assert jp.latest_step(tmp_path) is None  # only jparam's own names are steps
+    with pytest.raises(jp.CheckpointError, match=f"{tmp_path / 'step_5'}.*not named like"):
+        jp.load_checkpoint(tmp_path, model=Net(), step=5)
+    with pytest.raises(jp.CheckpointError, match=r"no complete checkpoint step.*step_5"):
+        jp.load_checkpoint(tmp_path, model=Net())
+    # A step renamed to another step's name is refused, not loaded as that step.
+    (tmp_path / "step_5").rename(tmp_path / "step_000000007")
+    with pytest.raises(jp.CheckpointError, match="belongs to step 5, not 7"):
+        jp.load_checkpoint(tmp_path, model=Net())
+    # Passing a step directory instead of its parent says so.
+    with pytest.raises(FileNotFoundError, match="looks like a step itself: pass its parent"):
+        jp.load_checkpoint(tmp_path / "step_000000007", model=Net())
+
+
+def test_optimizer_asked_for_but_not_saved(tmp_path):
+    model, opt = trained()
+    jp.save_checkpoint(tmp_path, 1, model=model)
+    with pytest.raises(jp.CheckpointError, match="no optimizer state.*without opt="):
+        jp.load_checkpoint(tmp_path, model=Net(), opt=opt)
+
+
+def test_keep_deletes_steps_so_that_they_stop_counting_first(tmp_path, monkeypatch):
+    for step in (1, 2):
+        jp.save_checkpoint(tmp_path, step, model=_keep_model(), keep=None)
+    seen = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        seen.append((Path(path).name, jp.latest_step(tmp_path), sorted(entries(tmp_path))))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    jp.save_checkpoint(tmp_path, 3, model=_keep_model(), keep=1)
+    deleted = [s for s in seen if s[0].startswith(".step_00000000") and s[0].endswith(".trash")]
+    assert {name.split(".")[1] for name, _, _ in deleted} == {"step_000000001", "step_000000002"}
+    for _, latest, listing in deleted:  # while deleting: renamed away, never half a step
+        assert latest == 3 and "step_000000003" in listing
+    assert entries(tmp_path) == ["step_000000003"]

@@ -183,3 +183,68 @@ def test_abstract_models_cannot_be_saved(tmp_path):
     with pytest.raises(ValueError, match="weight: abstract value"):
         jp.save_sharded(tmp_path / "c", jax.eval_shape(Net))
     assert not (tmp_path / "c").exists()
+
+
+def test_optimizer_round_trip(tmp_path):
+    import optax
+
+    net = Net()
+    opt = jp.Optimizer(optax.adam(1e-2), net)
+    state = {
+        n: jnp.full(v.shape, i + 1, v.dtype) for i, (n, v) in enumerate(opt.state_dict().items())
+    }
+    opt = opt.load_state_dict(state)
+    info = jp.save_sharded(tmp_path / "opt", opt)
+    assert info.bytes == sum(v.nbytes for v in state.values())
+    fresh = jp.Optimizer(optax.adam(1e-2), Net())
+    out = jp.load_sharded(tmp_path / "opt", fresh)
+    assert isinstance(out, jp.Optimizer) and out.names == fresh.names
+    assert list(out.state_dict()) == list(state)
+    for name, value in out.state_dict().items():
+        assert value.dtype == state[name].dtype, name
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(state[name]), err_msg=name)
+    # The restored optimizer steps like the original.
+    grads = jax.tree_util.tree_map(jnp.ones_like, net)
+    (m1, _), (m2, _) = opt.update(net, grads), out.update(net, grads)
+    for (name, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, err_msg=name)
+
+
+def test_plain_dict_round_trip(tmp_path):
+    arrays = {"a": jnp.arange(3.0), "b.c": jnp.ones((2, 2), jnp.int32)}
+    jp.save_sharded(tmp_path / "d", arrays)
+    out = jp.load_sharded(tmp_path / "d", {"a": jnp.zeros(3), "b.c": jnp.zeros((2, 2), jnp.int32)})
+    assert isinstance(out, dict) and list(out) == ["a", "b.c"]
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(np.asarray(out[name]), np.asarray(value), err_msg=name)
+    with pytest.raises(jp.StateDictError, match="missing key: z"):
+        jp.load_sharded(tmp_path / "d", {**arrays, "z": jnp.zeros(1)})
+    out, keys = jp.load_sharded(tmp_path / "d", {"a": jnp.zeros(3)}, strict=False)
+    assert list(out) == ["a"] and keys.unexpected_keys == ["b.c"]
+
+
+def test_nothing_to_save_is_a_clear_error(tmp_path):
+    import optax
+
+    with pytest.raises(ValueError, match="Optimizer holds no arrays to save.*plain SGD"):
+        jp.save_sharded(tmp_path / "o", jp.Optimizer(optax.sgd(0.1), Net()))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_swap_killed_between_its_renames_keeps_the_old_checkpoint(tmp_path):
+    target = tmp_path / "c"
+    jp.save_sharded(target, Net())
+    # Killed after the old checkpoint was renamed aside, before the new one was renamed in;
+    # the new one was complete in staging, and an earlier swap left trash.
+    target.rename(tmp_path / ".c.jparam-old")
+    jp.save_sharded(tmp_path / ".c.jparam-new", jax.tree_util.tree_map(lambda a: a * 5, Net()))
+    (tmp_path / ".c.jparam-trash").mkdir()
+    np.testing.assert_array_equal(np.asarray(jp.load_sharded(target, Net()).bias), np.ones(8))
+    doubled = jax.tree_util.tree_map(lambda a: a * 2, Net())
+    with pytest.raises(FileExistsError, match="overwrite=True"):  # the old one is back
+        jp.save_sharded(target, doubled)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # and the rest removed
+    np.testing.assert_array_equal(np.asarray(jp.load_sharded(target, Net()).bias), np.ones(8))
+    jp.save_sharded(target, doubled, overwrite=True)
+    np.testing.assert_array_equal(np.asarray(jp.load_sharded(target, Net()).bias), 2 * np.ones(8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
