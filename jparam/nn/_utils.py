@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
 from .. import init
@@ -54,17 +55,62 @@ def check_input(
     return x
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def ntuple(value: Any, n: int, name: str) -> tuple[int, ...]:
     """``3`` -> ``(3, 3)``; a sequence of ``n`` ints is returned as a tuple; else ``TypeError``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,) * n
-    if (
-        isinstance(value, Sequence)
-        and len(value) == n
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    ):
-        return tuple(value)
+    if _is_int(value):
+        return (int(value),) * n
+    if isinstance(value, Sequence) and len(value) == n and all(_is_int(v) for v in value):
+        return tuple(int(v) for v in value)
     raise TypeError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
+
+
+def _at_least(minimum: int) -> str:
+    return {0: "non-negative (>= 0)", 1: "positive (>= 1)"}.get(minimum, f">= {minimum}")
+
+
+def check_int(layer: str, name: str, value: Any, minimum: int = 0) -> int:
+    """``value`` as an int after checking that it is an integer ``>= minimum``.
+
+    Constructor arguments are checked up front, as PyTorch does or later fails on, so that a bad
+    size fails here with the argument's name rather than deep inside XLA.
+    """
+    if not _is_int(value):
+        raise TypeError(f"{layer} {name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{layer} {name} must be {_at_least(minimum)}, got {name}={value}")
+    return int(value)
+
+
+def int_tuple(layer: str, name: str, value: Any, n: int, minimum: int) -> tuple[int, ...]:
+    """`ntuple` for a layer argument, each entry checked to be ``>= minimum``."""
+    values = ntuple(value, n, f"{layer} {name}")
+    if any(v < minimum for v in values):
+        raise ValueError(
+            f"{layer} {name} must be {_at_least(minimum)} in every dimension, got {name}={value!r}"
+        )
+    return values
+
+
+def check_eps(layer: str, eps: Any) -> Any:
+    """``eps`` after checking that it is a non-negative real number (a norm's stabiliser)."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{layer} eps must be a number, got {eps!r}")
+    if not eps >= 0:
+        raise ValueError(f"{layer} eps must be non-negative, got eps={eps!r}")
+    return eps
+
+
+def check_probability(layer: str, name: str, p: Any) -> float:
+    """``p`` after checking that it is a number in ``[0, 1]`` (dropout rates)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{layer} {name} must be a number in [0, 1], got {p!r}")
+    if not 0 <= p <= 1:
+        raise ValueError(f"{layer} {name} must be in [0, 1], got {name}={p!r}")
+    return p
 
 
 def require_key(key: Any, layer: str) -> jax.Array:

@@ -22,7 +22,7 @@ class Identity(Module):
     Handy to switch a layer off without changing the module tree's shape elsewhere.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, /, *args: Any, **kwargs: Any) -> None:
         del args, kwargs
 
     def __call__(self, x: jax.Array) -> jax.Array:

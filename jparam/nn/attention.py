@@ -16,6 +16,8 @@ from ._utils import (
     OUT_AXES,
     WEIGHT_AXES,
     check_input,
+    check_int,
+    check_probability,
     compute_dtype,
     describe,
     require_key,
@@ -95,16 +97,16 @@ class MultiheadAttention(Module):
                 "MultiheadAttention is batch-first only: inputs are (batch, seq, embed). "
                 "Transpose sequence-first inputs with jnp.swapaxes(x, 0, 1) instead."
             )
-        if num_heads < 1 or embed_dim % num_heads:
+        embed_dim = check_int("MultiheadAttention", "embed_dim", embed_dim, 1)
+        num_heads = check_int("MultiheadAttention", "num_heads", num_heads, 1)
+        if embed_dim % num_heads:
             raise ValueError(
-                f"embed_dim must be divisible by num_heads, got embed_dim={embed_dim}, "
-                f"num_heads={num_heads}"
+                f"MultiheadAttention embed_dim must be divisible by num_heads, got "
+                f"embed_dim={embed_dim}, num_heads={num_heads}"
             )
-        if not 0 <= dropout <= 1:
-            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
         self.embed_dim = embed_dim
         self.num_heads = num_heads
-        self.dropout = dropout
+        self.dropout = check_probability("MultiheadAttention", "dropout", dropout)
         wkey, okey = jax.random.split(key)
         self.in_proj_weight = Parameter(
             init.xavier_uniform(wkey, (3 * embed_dim, embed_dim), dtype), axes=WEIGHT_AXES

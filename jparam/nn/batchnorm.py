@@ -30,7 +30,17 @@ from jax.typing import DTypeLike
 from .. import init
 from ..module import Module, field
 from ..parameter import Buffer, Parameter
-from ._utils import NORM_AXES, affine, check_input, compute_dtype, describe, standardize
+from ._utils import (
+    NORM_AXES,
+    affine,
+    check_eps,
+    check_input,
+    check_int,
+    check_probability,
+    compute_dtype,
+    describe,
+    standardize,
+)
 from .stateful import update_state
 
 __all__ = ["BatchNorm1d", "BatchNorm2d"]
@@ -63,12 +73,15 @@ class _BatchNorm(Module):
         *,
         dtype: DTypeLike = jnp.float32,
     ) -> None:
-        self.num_features = num_features
-        self.eps = eps
+        name = type(self).__name__
+        self.num_features = check_int(name, "num_features", num_features, 1)
+        self.eps = check_eps(name, eps)
+        if momentum is not None:
+            check_probability(name, "momentum", momentum)
         self.momentum = momentum
         self.affine = affine
         self.track_running_stats = track_running_stats
-        shape = (num_features,)
+        shape = (self.num_features,)
         axes = NORM_AXES  # logical sharding names (see jparam.sharding)
         self.weight = Parameter(init.ones(None, shape, dtype), axes=axes) if affine else None
         self.bias = Parameter(init.zeros(None, shape, dtype), axes=axes) if affine else None

@@ -8,7 +8,7 @@ share one padding helper.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,16 @@ from jax.typing import DTypeLike
 
 from ..module import Module, field
 from ..parameter import Parameter
-from ._utils import WEIGHT_AXES, check_input, ntuple, require_key, torch_default_params
+from ._utils import (
+    WEIGHT_AXES,
+    check_input,
+    check_int,
+    describe,
+    int_tuple,
+    ntuple,
+    require_key,
+    torch_default_params,
+)
 
 __all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
 
@@ -37,34 +46,79 @@ def padding_pairs(
     kernel_size: tuple[int, ...],
     stride: tuple[int, ...],
     dilation: tuple[int, ...],
+    layer: str = "convolution",
 ) -> tuple[tuple[int, int], ...]:
     """``(low, high)`` padding per spatial axis from PyTorch's ``padding`` argument.
 
     ``"valid"`` is no padding; ``"same"`` pads ``dilation * (k - 1)`` in total, the odd one at
-    the end, and needs stride 1 as in PyTorch; ints pad both sides equally.
+    the end, and needs stride 1 as in PyTorch; ints pad both sides equally and must be >= 0.
     """
     n = len(kernel_size)
     if padding == "valid":
         return ((0, 0),) * n
     if padding == "same":
         if any(s != 1 for s in stride):
-            raise ValueError(f"padding='same' needs stride 1 (as in PyTorch), got stride={stride}")
+            raise ValueError(
+                f"{layer} padding='same' needs stride 1 (as in PyTorch), got stride={stride}"
+            )
         total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
         return tuple((t // 2, t - t // 2) for t in total)
     if isinstance(padding, str):
-        raise ValueError(f"padding must be 'same', 'valid', an int or a tuple, got {padding!r}")
-    pads = ntuple(padding, n, "padding")
-    if any(p < 0 for p in pads):
-        raise ValueError(f"padding must be non-negative, got {padding!r}")
+        raise ValueError(
+            f"{layer} padding must be 'same', 'valid', an int or a tuple, got {padding!r}"
+        )
+    pads = int_tuple(layer, "padding", padding, n, 0)
     return tuple((p, p) for p in pads)
 
 
-def _check_channels(in_channels: int, out_channels: int, groups: int) -> None:
-    if groups < 1 or in_channels % groups or out_channels % groups:
+def _check_groups(layer: str, in_channels: int, out_channels: int, groups: Any) -> int:
+    """The channel counts must be positive and both divisible by ``groups`` (as in PyTorch)."""
+    check_int(layer, "in_channels", in_channels, 1)
+    check_int(layer, "out_channels", out_channels, 1)
+    groups = check_int(layer, "groups", groups, 1)
+    if in_channels % groups or out_channels % groups:
         raise ValueError(
-            f"in_channels={in_channels} and out_channels={out_channels} must both be divisible "
-            f"by groups={groups}"
+            f"{layer} in_channels={in_channels} and out_channels={out_channels} must both be "
+            f"divisible by groups={groups}"
         )
+    return groups
+
+
+def _check_windows(
+    layer: Module,
+    x: jax.Array,
+    pads: tuple[tuple[int, int], ...],
+    kernel_size: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> None:
+    """Refuses a kernel wider than the padded input (the output would be empty), as PyTorch."""
+    for axis, (size, (lo, hi), k, d) in enumerate(
+        zip(x.shape[2:], pads, kernel_size, dilation), start=2
+    ):
+        span = d * (k - 1) + 1
+        if span > size + lo + hi:
+            raise ValueError(
+                f"{describe(layer)} got input of shape {tuple(x.shape)}: along axis {axis} the "
+                f"padded input is {size + lo + hi} wide ({size} plus padding {lo} + {hi}) but "
+                f"the kernel spans {span} (kernel_size {k}, dilation {d}). Kernel size can't be "
+                "greater than the padded input size: pass a larger input, more padding or a "
+                "smaller kernel."
+            )
+
+
+def _check_mode_padding(
+    layer: Module, x: jax.Array, pads: tuple[tuple[int, int], ...], mode: str
+) -> None:
+    """Reflect padding must be smaller than the input, circular at most its size (PyTorch)."""
+    for axis, (size, (lo, hi)) in enumerate(zip(x.shape[2:], pads), start=2):
+        too_big = max(lo, hi) >= size if mode == "reflect" else max(lo, hi) > size
+        if too_big:
+            limit = "smaller than" if mode == "reflect" else "at most"
+            raise ValueError(
+                f"{describe(layer)} got input of shape {tuple(x.shape)}: padding_mode="
+                f"{layer.padding_mode!r} needs padding {limit} the input size along each axis, "
+                f"got padding ({lo}, {hi}) for size {size} on axis {axis}"
+            )
 
 
 def _bias_shape(n: int) -> tuple[int, ...]:
@@ -104,24 +158,25 @@ class _ConvNd(Module):
     ) -> None:
         name, n = type(self).__name__, self._n
         require_key(key, name)
-        _check_channels(in_channels, out_channels, groups)
+        self.groups = _check_groups(name, in_channels, out_channels, groups)
         if padding_mode not in _PAD_MODES:
             raise ValueError(
                 f"{name} padding_mode must be one of {tuple(_PAD_MODES)}, got {padding_mode!r}"
             )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = ntuple(kernel_size, n, "kernel_size")
-        self.stride = ntuple(stride, n, "stride")
-        self.dilation = ntuple(dilation, n, "dilation")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = int_tuple(name, "kernel_size", kernel_size, n, 1)
+        self.stride = int_tuple(name, "stride", stride, n, 1)
+        self.dilation = int_tuple(name, "dilation", dilation, n, 1)
         # Validate now so that a bad padding fails at construction, not at the first call.
-        padding_pairs(padding, self.kernel_size, self.stride, self.dilation)
+        padding_pairs(padding, self.kernel_size, self.stride, self.dilation, name)
         self.padding = padding if isinstance(padding, str) else ntuple(padding, n, "padding")
-        self.groups = groups
         self.padding_mode = padding_mode
-        shape = (out_channels, in_channels // groups, *self.kernel_size)
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
         axes = (*WEIGHT_AXES, *(None,) * n)
-        self.weight, self.bias = torch_default_params(key, shape, bias, out_channels, dtype, axes)
+        self.weight, self.bias = torch_default_params(
+            key, shape, bias, self.out_channels, dtype, axes
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n = self._n
@@ -133,8 +188,11 @@ class _ConvNd(Module):
             sizes={1: self.in_channels},
         )
         pads = padding_pairs(self.padding, self.kernel_size, self.stride, self.dilation)
+        _check_windows(self, x, pads, self.kernel_size, self.dilation)
         mode = _PAD_MODES[self.padding_mode]
         if mode is not None:
+            if self.padding_mode in ("reflect", "circular"):
+                _check_mode_padding(self, x, pads, self.padding_mode)
             x = jnp.pad(x, ((0, 0), (0, 0), *pads), mode=mode)
             pads = ((0, 0),) * n
         y = lax.conv_general_dilated(
@@ -211,36 +269,34 @@ class ConvTranspose2d(Module):
         key: jax.Array,
         dtype: DTypeLike = jnp.float32,
     ) -> None:
-        require_key(key, "ConvTranspose2d")
-        _check_channels(in_channels, out_channels, groups)
+        name = "ConvTranspose2d"
+        require_key(key, name)
+        self.groups = _check_groups(name, in_channels, out_channels, groups)
         if padding_mode != "zeros":
             raise ValueError(
-                f"ConvTranspose2d supports padding_mode='zeros' only (as PyTorch), "
-                f"got {padding_mode!r}"
+                f"{name} supports padding_mode='zeros' only (as PyTorch), got {padding_mode!r}"
             )
         if isinstance(padding, str):
-            raise ValueError(
-                f"ConvTranspose2d padding must be an int or a tuple of 2 ints, got {padding!r}"
-            )
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.kernel_size = ntuple(kernel_size, 2, "kernel_size")
-        self.stride = ntuple(stride, 2, "stride")
-        self.dilation = ntuple(dilation, 2, "dilation")
-        self.padding = ntuple(padding, 2, "padding")
-        padding_pairs(self.padding, self.kernel_size, self.stride, self.dilation)
-        self.output_padding = ntuple(output_padding, 2, "output_padding")
+            raise ValueError(f"{name} padding must be an int or a tuple of 2 ints, got {padding!r}")
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.kernel_size = int_tuple(name, "kernel_size", kernel_size, 2, 1)
+        self.stride = int_tuple(name, "stride", stride, 2, 1)
+        self.dilation = int_tuple(name, "dilation", dilation, 2, 1)
+        self.padding = int_tuple(name, "padding", padding, 2, 0)
+        self.output_padding = int_tuple(name, "output_padding", output_padding, 2, 0)
         for op, s, d in zip(self.output_padding, self.stride, self.dilation):
-            if not 0 <= op < max(s, d):
+            if op >= max(s, d):
                 raise ValueError(
-                    f"output_padding must be smaller than stride or dilation, got "
+                    f"{name} output_padding must be smaller than stride or dilation, got "
                     f"output_padding={self.output_padding}, stride={self.stride}, "
                     f"dilation={self.dilation}"
                 )
-        self.groups = groups
-        shape = (in_channels, out_channels // groups, *self.kernel_size)
+        shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
         axes = (*reversed(WEIGHT_AXES), None, None)  # PyTorch's (in, out // groups, kh, kw)
-        self.weight, self.bias = torch_default_params(key, shape, bias, out_channels, dtype, axes)
+        self.weight, self.bias = torch_default_params(
+            key, shape, bias, self.out_channels, dtype, axes
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = check_input(
@@ -253,6 +309,7 @@ class ConvTranspose2d(Module):
         w = jnp.swapaxes(w, 1, 2).reshape(self.out_channels, self.in_channels // g, *k)
         w = jnp.flip(w, axis=(2, 3))
         pads = padding_pairs(self.padding, k, self.stride, self.dilation)
+        self._check_output_size(x)
         pads = tuple(
             (d * (kk - 1) - lo, d * (kk - 1) - hi + op)
             for (lo, hi), kk, d, op in zip(pads, k, self.dilation, self.output_padding)
@@ -268,3 +325,23 @@ class ConvTranspose2d(Module):
             feature_group_count=g,
         )
         return y if self.bias is None else y + self.bias.value.reshape(_bias_shape(2))
+
+    def _check_output_size(self, x: jax.Array) -> None:
+        """Refuses inputs whose output would be empty (too much padding), as PyTorch does."""
+        sizes = tuple(
+            (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+            for n, s, p, d, k, op in zip(
+                x.shape[2:],
+                self.stride,
+                self.padding,
+                self.dilation,
+                self.kernel_size,
+                self.output_padding,
+            )
+        )
+        if min(sizes) < 1:
+            raise ValueError(
+                f"{describe(self)} got input of shape {tuple(x.shape)}, whose output would be "
+                f"{sizes} high and wide: (H - 1) * stride - 2 * padding + dilation * (k - 1) + "
+                "output_padding + 1 must be at least 1. Use less padding or a larger input."
+            )

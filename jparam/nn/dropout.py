@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from ..module import Module, field
-from ._utils import describe
+from ._utils import check_probability, describe
 
 __all__ = ["Dropout", "dropout"]
 
@@ -41,9 +41,7 @@ class Dropout(Module):
     p: float = field(static=True)
 
     def __init__(self, p: float = 0.5) -> None:
-        if not 0 <= p <= 1:
-            raise ValueError(f"Dropout probability must be in [0, 1], got p={p}")
-        self.p = p
+        self.p = check_probability("Dropout", "p", p)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         if not self.training or self.p == 0:

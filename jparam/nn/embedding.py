@@ -11,7 +11,7 @@ from jax.typing import DTypeLike
 from .. import init
 from ..module import Module, field
 from ..parameter import Parameter, to_array
-from ._utils import describe, require_key
+from ._utils import check_int, describe, require_key
 
 _AXES = ("vocab", "embed")  # logical sharding names (see jparam.sharding)
 
@@ -21,6 +21,8 @@ __all__ = ["Embedding"]
 def _padding_index(padding_idx: int | None, num_embeddings: int) -> int | None:
     if padding_idx is None:
         return None
+    if not isinstance(padding_idx, int) or isinstance(padding_idx, bool):
+        raise TypeError(f"Embedding padding_idx must be an int or None, got {padding_idx!r}")
     if not -num_embeddings <= padding_idx < num_embeddings:
         raise ValueError(
             f"padding_idx must be in [-{num_embeddings}, {num_embeddings}), got {padding_idx}"
@@ -56,8 +58,8 @@ class Embedding(Module):
         _weight: Any = None,
         _freeze: bool = False,
     ) -> None:
-        self.num_embeddings = num_embeddings
-        self.embedding_dim = embedding_dim
+        self.num_embeddings = check_int("Embedding", "num_embeddings", num_embeddings, 1)
+        self.embedding_dim = check_int("Embedding", "embedding_dim", embedding_dim, 0)
         self.padding_idx = _padding_index(padding_idx, num_embeddings)
         if _weight is not None:  # PyTorch's way in for existing weights (see from_pretrained)
             weight = to_array(_weight, what="Embedding _weight")

@@ -15,6 +15,7 @@ from ._utils import (
     OUT_AXES,
     WEIGHT_AXES,
     check_input,
+    check_int,
     require_key,
     shape_error,
     torch_default_params,
@@ -49,10 +50,10 @@ class Linear(Module):
         dtype: DTypeLike = jnp.float32,
     ) -> None:
         require_key(key, "Linear")
-        self.in_features = in_features
-        self.out_features = out_features
+        self.in_features = check_int("Linear", "in_features", in_features, 0)
+        self.out_features = check_int("Linear", "out_features", out_features, 0)
         self.weight, self.bias = torch_default_params(
-            key, (out_features, in_features), bias, out_features, dtype, WEIGHT_AXES
+            key, (self.out_features, self.in_features), bias, self.out_features, dtype, WEIGHT_AXES
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -86,12 +87,12 @@ class Bilinear(Module):
         dtype: DTypeLike = jnp.float32,
     ) -> None:
         require_key(key, "Bilinear")
-        self.in1_features = in1_features
-        self.in2_features = in2_features
-        self.out_features = out_features
-        bound = 1 / math.sqrt(in1_features) if in1_features > 0 else 0.0
+        self.in1_features = check_int("Bilinear", "in1_features", in1_features, 1)
+        self.in2_features = check_int("Bilinear", "in2_features", in2_features, 0)
+        self.out_features = check_int("Bilinear", "out_features", out_features, 0)
+        bound = 1 / math.sqrt(in1_features)
         wkey, bkey = jax.random.split(key)
-        shape = (out_features, in1_features, in2_features)
+        shape = (self.out_features, self.in1_features, self.in2_features)
         self.weight = Parameter(
             init.uniform(wkey, shape, dtype, -bound, bound), axes=(*WEIGHT_AXES, None)
         )

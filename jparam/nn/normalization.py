@@ -9,6 +9,7 @@ PRNG key: their parameters start as ones (scale) and zeros (shift), as in PyTorc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,17 +18,36 @@ from jax.typing import DTypeLike
 from .. import init
 from ..module import Module, field
 from ..parameter import Parameter
-from ._utils import affine, check_input, compute_dtype, norm_axes, standardize
+from ._utils import (
+    affine,
+    check_eps,
+    check_input,
+    check_int,
+    compute_dtype,
+    norm_axes,
+    standardize,
+)
 
 __all__ = ["GroupNorm", "LayerNorm", "RMSNorm"]
 
 
-def _shape_tuple(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+def _shape_tuple(layer: str, normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    """``normalized_shape`` as a non-empty tuple of positive ints, or a clear error."""
     if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
-        return (normalized_shape,)
-    shape = tuple(normalized_shape)
+        shape: tuple[Any, ...] = (normalized_shape,)
+    elif isinstance(normalized_shape, Sequence) and not isinstance(normalized_shape, str):
+        shape = tuple(normalized_shape)
+    else:
+        shape = (normalized_shape,)  # reported as not an int below
     if not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
-        raise TypeError(f"normalized_shape must be an int or a tuple of ints, got {shape!r}")
+        raise TypeError(
+            f"{layer} normalized_shape must be an int or a tuple of ints, got {normalized_shape!r}"
+        )
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(
+            f"{layer} normalized_shape must be a positive int or a non-empty tuple of positive "
+            f"ints (the trailing axes to normalise), got {normalized_shape!r}"
+        )
     return shape
 
 
@@ -66,9 +86,9 @@ class LayerNorm(Module):
         *,
         dtype: DTypeLike = jnp.float32,
     ) -> None:
-        shape = _shape_tuple(normalized_shape)
+        shape = _shape_tuple("LayerNorm", normalized_shape)
         self.normalized_shape = shape
-        self.eps = eps
+        self.eps = check_eps("LayerNorm", eps)
         self.elementwise_affine = elementwise_affine
         self.weight = _ones(shape, dtype) if elementwise_affine else None
         self.bias = _zeros(shape, dtype) if elementwise_affine and bias else None
@@ -102,9 +122,9 @@ class RMSNorm(Module):
         *,
         dtype: DTypeLike = jnp.float32,
     ) -> None:
-        shape = _shape_tuple(normalized_shape)
+        shape = _shape_tuple("RMSNorm", normalized_shape)
         self.normalized_shape = shape
-        self.eps = eps
+        self.eps = None if eps is None else check_eps("RMSNorm", eps)
         self.elementwise_affine = elementwise_affine
         self.weight = _ones(shape, dtype) if elementwise_affine else None
 
@@ -142,14 +162,16 @@ class GroupNorm(Module):
         *,
         dtype: DTypeLike = jnp.float32,
     ) -> None:
-        if num_groups < 1 or num_channels % num_groups:
+        num_groups = check_int("GroupNorm", "num_groups", num_groups, 1)
+        num_channels = check_int("GroupNorm", "num_channels", num_channels, 1)
+        if num_channels % num_groups:
             raise ValueError(
                 f"GroupNorm needs num_channels divisible by num_groups, got "
                 f"num_channels={num_channels}, num_groups={num_groups}"
             )
         self.num_groups = num_groups
         self.num_channels = num_channels
-        self.eps = eps
+        self.eps = check_eps("GroupNorm", eps)
         self.affine = affine
         self.weight = _ones((num_channels,), dtype) if affine else None
         self.bias = _zeros((num_channels,), dtype) if affine else None

@@ -16,13 +16,14 @@ import numpy as np
 from jax import lax
 
 from ..module import Module, field
-from ._utils import check_input, compute_dtype, describe, ntuple
+from ._utils import check_input, check_int, compute_dtype, describe, int_tuple
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Flatten", "MaxPool2d"]
 
 
 def _window_plan(
     layer: Module,
+    axis: int,
     size: int,
     kernel: int,
     stride: int,
@@ -35,8 +36,10 @@ def _window_plan(
     room = size + 2 * padding - span
     if room < 0:
         raise ValueError(
-            f"{describe(layer)} got a spatial size of {size}, smaller than its window "
-            f"({span} with dilation, minus padding {padding} on each side)"
+            f"{describe(layer)} got a spatial size of {size} on axis {axis}: padded by "
+            f"{padding} on each side that is {size + 2 * padding}, smaller than its window "
+            f"({span} with dilation), so the output would be empty. Pass a larger input or use "
+            "a smaller kernel_size."
         )
     out = (-(-room // stride) if ceil_mode else room // stride) + 1
     if ceil_mode and (out - 1) * stride >= size + padding:
@@ -60,26 +63,42 @@ class _Pool2d(Module):
         padding: int | tuple[int, int],
         ceil_mode: bool,
     ) -> None:
-        self.kernel_size = ntuple(kernel_size, 2, "kernel_size")
-        self.stride = self.kernel_size if stride is None else ntuple(stride, 2, "stride")
-        self.padding = ntuple(padding, 2, "padding")
+        name = type(self).__name__
+        self.kernel_size = int_tuple(name, "kernel_size", kernel_size, 2, 1)
+        # PyTorch's stride=None (and its stride=[] spelling) mean "the kernel size".
+        no_stride = stride is None or (isinstance(stride, (tuple, list)) and not stride)
+        self.stride = self.kernel_size if no_stride else int_tuple(name, "stride", stride, 2, 1)
+        self.padding = int_tuple(name, "padding", padding, 2, 0)
         self.ceil_mode = bool(ceil_mode)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(
-                f"{type(self).__name__} padding must be at most half the kernel size, got "
+                f"{name} padding must be at most half the kernel size, got "
                 f"padding={self.padding}, kernel_size={self.kernel_size}"
             )
 
     def _plan(self, x: jax.Array, dilation: tuple[int, int]) -> list[tuple[int, int]]:
         return [
-            _window_plan(self, n, k, s, p, d, self.ceil_mode)
-            for n, k, s, p, d in zip(
-                x.shape[2:], self.kernel_size, self.stride, self.padding, dilation
+            _window_plan(self, axis, n, k, s, p, d, self.ceil_mode)
+            for axis, n, k, s, p, d in zip(
+                (2, 3), x.shape[2:], self.kernel_size, self.stride, self.padding, dilation
             )
         ]
 
     def _check(self, x: jax.Array) -> jax.Array:
         return check_input(self, x, "(N, C, H, W)", ndims=(4,))
+
+
+def _lowest(dtype: np.dtype) -> np.ndarray:
+    """The identity of ``max`` for ``dtype`` (-inf, or the smallest integer) as a NumPy scalar.
+
+    It must be a constant, not a ``jnp`` array: under ``jax.jit`` a traced init value hides the
+    max-monoid from ``lax.reduce_window``, which then cannot be differentiated.
+    """
+    if jnp.issubdtype(dtype, jnp.floating):
+        return np.array(-np.inf, dtype)
+    if dtype == jnp.bool_:
+        return np.array(False)
+    return np.array(jnp.iinfo(dtype).min, dtype)
 
 
 class MaxPool2d(_Pool2d):
@@ -96,24 +115,45 @@ class MaxPool2d(_Pool2d):
         ceil_mode: bool = False,
     ) -> None:
         self._setup(kernel_size, stride, padding, ceil_mode)
-        self.dilation = ntuple(dilation, 2, "dilation")
+        self.dilation = int_tuple("MaxPool2d", "dilation", dilation, 2, 1)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self._check(x)
         plan = self._plan(x, self.dilation)
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            lowest = jnp.array(-jnp.inf, x.dtype)
-        else:
-            lowest = jnp.array(jnp.iinfo(x.dtype).min, x.dtype)
+        pads = ((0, 0), (0, 0), *((p, p + e) for p, (_, e) in zip(self.padding, plan)))
+        if self.dilation != (1, 1):
+            return self._dilated(jnp.pad(x, pads, constant_values=_lowest(x.dtype)), plan)
         return lax.reduce_window(
             x,
-            lowest,
+            _lowest(x.dtype),
             lax.max,
             window_dimensions=(1, 1, *self.kernel_size),
             window_strides=(1, 1, *self.stride),
-            padding=((0, 0), (0, 0), *((p, p + e) for p, (_, e) in zip(self.padding, plan))),
-            window_dilation=(1, 1, *self.dilation),
+            padding=pads,
         )
+
+    def _dilated(self, x: jax.Array, plan: list[tuple[int, int]]) -> jax.Array:
+        """Max pooling with dilation over the padded ``x``, window offset by window offset.
+
+        XLA's max ``reduce_window`` has no gradient with window dilation, so the windows are
+        gathered as strided slices instead. The gradient goes to the first maximum of each
+        window in row-major order, as in PyTorch.
+        """
+        (oh, _), (ow, _) = plan
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        offsets = [
+            x[
+                :,
+                :,
+                i * dh : i * dh + (oh - 1) * sh + 1 : sh,
+                j * dw : j * dw + (ow - 1) * sw + 1 : sw,
+            ]
+            for i in range(self.kernel_size[0])
+            for j in range(self.kernel_size[1])
+        ]
+        windows = jnp.stack(offsets, axis=-1)
+        first_max = jnp.argmax(windows, axis=-1, keepdims=True)
+        return jnp.take_along_axis(windows, first_max, axis=-1)[..., 0]
 
 
 def _counts(n: int, out: int, k: int, s: int, p: int, include_pad: bool) -> np.ndarray:
@@ -146,8 +186,8 @@ class AvgPool2d(_Pool2d):
     ) -> None:
         self._setup(kernel_size, stride, padding, ceil_mode)
         self.count_include_pad = bool(count_include_pad)
-        if divisor_override is not None and divisor_override <= 0:
-            raise ValueError(f"divisor_override must be positive, got {divisor_override}")
+        if divisor_override is not None:
+            divisor_override = check_int("AvgPool2d", "divisor_override", divisor_override, 1)
         self.divisor_override = divisor_override
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -156,7 +196,7 @@ class AvgPool2d(_Pool2d):
         wide = x.astype(compute_dtype(x.dtype))  # sum low-precision inputs in float32
         total = lax.reduce_window(
             wide,
-            jnp.array(0, wide.dtype),
+            np.zeros((), wide.dtype),  # a constant (not traced) so jax.grad sees a plain sum
             lax.add,
             window_dimensions=(1, 1, *self.kernel_size),
             window_strides=(1, 1, *self.stride),
@@ -225,6 +265,9 @@ class Flatten(Module):
     end_dim: int = field(static=True)
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1) -> None:
+        for name, dim in (("start_dim", start_dim), ("end_dim", end_dim)):
+            if not isinstance(dim, int) or isinstance(dim, bool):
+                raise TypeError(f"Flatten {name} must be an int (an axis), got {dim!r}")
         self.start_dim = start_dim
         self.end_dim = end_dim
 

@@ -89,7 +89,7 @@ def _tree_of(model: Any) -> Any:
     )
 
 
-def stateful_call(model: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+def stateful_call(model: Callable[..., Any], /, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
     """Calls ``model(*args, **kwargs)`` and returns ``(output, model with updated state)``.
 
     ``model`` is a `jp.Module` or a bound method of one (``nn.stateful_call(net.encode, x)``);

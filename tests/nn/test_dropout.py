@@ -34,7 +34,9 @@ def test_dropout_keys_give_different_masks_and_jit(key):
     x = jnp.ones(64)
     a, b = drop(x, key=key), drop(x, key=jax.random.key(1))
     assert not np.array_equal(a, b)
-    np.testing.assert_array_equal(jax.jit(lambda m, x, k: m(x, key=k))(drop, x, key), a)
+    jitted = jax.jit(lambda m, x, k: m(x, key=k))(drop, x, key)
+    np.testing.assert_array_equal(jitted != 0, a != 0)  # the same key draws the same mask
+    np.testing.assert_allclose(jitted, a, rtol=1e-6)  # compiled arithmetic: a tolerance
     assert drop(x.astype(jnp.bfloat16), key=key).dtype == jnp.bfloat16
 
 

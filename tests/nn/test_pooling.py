@@ -70,3 +70,24 @@ def test_pooling_shapes_jit_and_errors():
     with pytest.raises(ValueError, match=r"Flatten.*cannot flatten input of shape \(2, 3\)"):
         nn.Flatten(1, 3)(jnp.ones((2, 3)))
     np.testing.assert_array_equal(nn.Flatten()(jnp.ones((2, 3, 4))).shape, (2, 12))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("MaxPool2d", dict(kernel_size=2)),
+        ("AvgPool2d", dict(kernel_size=2)),
+        ("MaxPool2d", dict(kernel_size=3, stride=2, padding=1, dilation=(2, 1), ceil_mode=True)),
+        ("AvgPool2d", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    ],
+    ids=["max", "avg", "max-dilated", "avg-padded"],
+)
+def test_pooling_gradients_under_jit_match_torch_even_with_ties(torch, name, kwargs):
+    # Issue 12: jax.jit(jax.grad(...)) raised "Linearization failed" (a traced init value);
+    # dilated max pooling had no gradient at all. All-ones input: every window is a tie, and
+    # PyTorch sends each window's gradient to its first maximum.
+    x = np.ones((1, 2, 6, 7), np.float32)
+    grad = jax.jit(jax.grad(lambda x: getattr(nn, name)(**kwargs)(x).sum()))(jnp.asarray(x))
+    t = torch.from_numpy(x).requires_grad_()
+    getattr(torch.nn, name)(**kwargs)(t).sum().backward()
+    assert_close(grad, t.grad, atol=1e-6, rtol=1e-6)

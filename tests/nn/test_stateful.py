@@ -23,17 +23,16 @@ class Counter(jp.Module):
         return nn.update_state(self, lambda m: (x, m.replace(count=m.count.replace(m.count + 1))))
 
 
-class TwoUses(jp.Module):
-    """Uses one BatchNorm object under two names and calls it twice."""
+class TwoCalls(jp.Module):
+    """Calls one BatchNorm twice in a forward pass (a Buffer cannot sit at two places)."""
 
-    first: nn.BatchNorm1d
-    second: nn.BatchNorm1d
+    bn: nn.BatchNorm1d
 
     def __init__(self):
-        self.first = self.second = nn.BatchNorm1d(2)
+        self.bn = nn.BatchNorm1d(2)
 
     def __call__(self, x):
-        return self.second(self.first(x))
+        return self.bn(self.bn(x))
 
 
 def test_training_call_outside_stateful_call_raises():
@@ -62,18 +61,19 @@ def test_custom_stateful_layer_nested_in_containers_under_jit():
         model(jnp.ones(2))
 
 
-def test_shared_layer_updates_accumulate_and_land_everywhere():
-    # Eagerly: jax.jit flattens a shared object once per place, so inside a trace the two
-    # places are separate objects (JAX pytree semantics) and each is updated once.
-    model = TwoUses()
-    x = jnp.array([[1.0, 2.0], [3.0, 6.0]])
-    _, new = nn.stateful_call(model, x)
-    assert new.first is new.second and new.first is not model.first
-    assert int(new.first.num_batches_tracked.value) == 2
-    np.testing.assert_array_equal(new.first.running_mean.value, new.second.running_mean.value)
-    # Second call sees the first call's running stats: mean 0.1 * (x mean), then decays.
-    first_mean = 0.1 * np.asarray(x).mean(0)
-    np.testing.assert_allclose(new.first.running_mean.value, 0.9 * first_mean, atol=1e-6)
+def test_layer_called_twice_accumulates_updates_like_torch(torch):
+    # The second call sees the first call's statistics, as PyTorch's in-place update does.
+    model = TwoCalls()
+    x = np.array([[1.0, 2.0], [3.0, 6.0], [0.5, -1.0]], np.float32)
+    y, new = nn.stateful_call(model, x)
+    tbn = torch.nn.BatchNorm1d(2)
+    ty = tbn(tbn(torch.from_numpy(x)))
+    assert int(new.bn.num_batches_tracked.value) == 2 == int(tbn.num_batches_tracked)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-5, atol=1e-6)
+    for name in ("running_mean", "running_var"):
+        ours, theirs = getattr(new.bn, name).value, getattr(tbn, name).numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    assert int(model.bn.num_batches_tracked.value) == 0  # the original is unchanged
 
 
 def test_bound_methods_and_nested_calls():
