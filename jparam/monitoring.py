@@ -3,8 +3,11 @@
 All three take any pytree the rest of jparam takes: a model, a gradient tree from `jp.grad`
 (Parameters at trainable positions, ``None`` elsewhere), the ``{name: array}`` part from
 `jp.split`, or any pytree holding Parameters/Buffers. Names are `jp.state_dict`'s: attribute
-names joined by ``.``, dict keys as they are, in the same order. A tree that holds no Parameter
-or Buffer at all (a split dict, an optax update) is named by its array leaves' key paths.
+names joined by ``.``, dict keys as they are, in the same order. So an `nn.Stacked` array is
+reported per layer (``h.3.attn.in_proj_weight``, not ``h.layers.attn.in_proj_weight``): a NaN
+in layer 3 names layer 3, exactly as for the unrolled layers. A tree that holds no Parameter
+or Buffer at all (a split dict, an optax update) is named by its array leaves' key paths (a
+stacked array there is one entry: the dict has no layers to name).
 
 ``jp.stats(tree)`` and ``jp.global_norm(tree)`` return arrays and never sync with the host, so
 they belong inside the jitted step, where they fuse into the step's one computation::
@@ -35,15 +38,17 @@ and bool arrays never count as offending. Complex arrays are refused with a `Typ
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import tree_util
 
+from .filters import Layers, stacked_layers
 from .parameter import Buffer, Parameter, _Variable
 from .paths import path_name, walk
 
@@ -57,18 +62,71 @@ def _is_array(x: Any) -> bool:
     return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, _Variable)
 
 
-def _named_arrays(tree: Any, include_buffers: bool) -> list[tuple[str, Any]]:
-    """``(name, array)`` in `state_dict` order; plain array leaves when there is no variable."""
-    entries = [(name, node) for name, node in walk(tree) if isinstance(node, _Variable)]
-    if entries:
+class _Entry(NamedTuple):
+    """An array to report: ``layers`` names its rows when it is an `nn.Stacked` array."""
+
+    name: str
+    array: Any
+    layers: Layers | None
+    position: int  # in the walk: orders it among the other entries and rows
+
+
+def _entries(tree: Any, include_buffers: bool) -> list[_Entry]:
+    """The arrays in walk order; plain array leaves when there is no Parameter/Buffer."""
+    walked = list(walk(tree))
+    if any(isinstance(node, _Variable) for _, node in walked):
         kinds = (Parameter, Buffer) if include_buffers else (Parameter,)
+        stacked = stacked_layers(walked)
         return [
-            (name, node.value)
-            for name, node in entries
+            _Entry(name, node.value, _rows(stacked.get(name), node.value), pos)
+            for pos, (name, node) in enumerate(walked)
             if isinstance(node, kinds) and _is_array(node.value)
         ]
     flat, _ = tree_util.tree_flatten_with_path(tree)
-    return [(path_name(path), leaf) for path, leaf in flat if _is_array(leaf)]
+    return [
+        _Entry(path_name(p), leaf, None, i) for i, (p, leaf) in enumerate(flat) if _is_array(leaf)
+    ]
+
+
+def _rows(layers: Layers | None, x: Any) -> Layers | None:
+    k = 0 if layers is None else len(layers.shape)
+    return layers if k and tuple(x.shape[:k]) == layers.shape else None
+
+
+def _layer_axes(entries: list[_Entry]) -> tuple[int, ...]:
+    return tuple(len(e.layers.shape) if e.layers else 0 for e in entries)
+
+
+def _order(entries: list[_Entry]) -> tuple[int, ...] | None:
+    """Rows (arrays, and each layer of stacked ones, array by array) in `state_dict` order:
+    layer by layer, as the unrolled layers are. ``None`` when that is the order they have."""
+    if not any(e.layers for e in entries):
+        return None
+    keys = [k for e in entries for k in (e.layers.keys if e.layers else [(e.position,)])]
+    return tuple(sorted(range(len(keys)), key=keys.__getitem__))
+
+
+def _reorder(items: Sequence[Any], order: tuple[int, ...] | None) -> list[Any]:
+    return list(items) if order is None else [items[i] for i in order]
+
+
+def _names(entries: list[_Entry]) -> list[str]:
+    """The names `stats` reports: each array's, or its per-layer names, in `state_dict` order."""
+    names = [n for e in entries for n in (e.layers.names if e.layers else (e.name,))]
+    return _reorder(names, _order(entries))
+
+
+def _named_arrays(tree: Any, include_buffers: bool) -> list[tuple[str, Any]]:
+    """``(name, array)`` in `state_dict` order, one per layer of an `nn.Stacked` array."""
+    entries = _entries(tree, include_buffers)
+    out = []
+    for e in entries:
+        if e.layers is None:
+            out.append((e.name, e.array))
+            continue
+        rows = jnp.reshape(e.array, (-1, *e.array.shape[len(e.layers.shape) :]))
+        out.extend((n, rows[i]) for i, n in enumerate(e.layers.names))
+    return _reorder(out, _order(entries))
 
 
 def _compute_dtype(name: str, dtype: Any) -> Any:
@@ -81,13 +139,15 @@ def _compute_dtype(name: str, dtype: Any) -> Any:
     raise TypeError(f"jp.stats: {name!r} has dtype {dtype}, which is not numeric")
 
 
-def _one_stats(x: Any, dtype: Any) -> dict[str, jax.Array]:
+def _one_stats(x: Any, dtype: Any, k: int = 0) -> dict[str, jax.Array]:
+    """The statistics of ``x``, or of each of its rows over its ``k`` leading (layer) axes."""
     x = jnp.asarray(x)
     checked = jnp.issubdtype(x.dtype, jnp.floating)
     x = x.astype(dtype)
-    if x.size == 0:
-        nan = jnp.full((), jnp.nan, dtype)
-        zero = jnp.zeros((), dtype)
+    lead, axes = x.shape[:k], tuple(range(k, x.ndim))
+    if math.prod(x.shape[k:]) == 0:
+        nan = jnp.full(lead, jnp.nan, dtype)
+        zero = jnp.zeros(lead, dtype)
         return {
             "norm": zero,
             "mean": nan,
@@ -95,25 +155,39 @@ def _one_stats(x: Any, dtype: Any) -> dict[str, jax.Array]:
             "min": nan,
             "max": nan,
             "zero_fraction": nan,
-            "nonfinite": jnp.zeros((), jnp.int32),
+            "nonfinite": jnp.zeros(lead, jnp.int32),
         }
-    nonfinite = jnp.sum(~jnp.isfinite(x), dtype=jnp.int32) if checked else jnp.zeros((), jnp.int32)
+    if checked:
+        nonfinite = jnp.sum(~jnp.isfinite(x), axis=axes, dtype=jnp.int32)
+    else:
+        nonfinite = jnp.zeros(lead, jnp.int32)
     return {
-        "norm": jnp.sqrt(jnp.sum(jnp.square(x))),
-        "mean": jnp.mean(x),
-        "std": jnp.std(x),
-        "min": jnp.min(x),
-        "max": jnp.max(x),
-        "zero_fraction": jnp.mean((x == 0).astype(dtype)),
+        "norm": jnp.sqrt(jnp.sum(jnp.square(x), axis=axes)),
+        "mean": jnp.mean(x, axis=axes),
+        "std": jnp.std(x, axis=axes),
+        "min": jnp.min(x, axis=axes),
+        "max": jnp.max(x, axis=axes),
+        "zero_fraction": jnp.mean((x == 0).astype(dtype), axis=axes),
         "nonfinite": nonfinite,
     }
 
 
-def _stats_arrays(arrays: tuple, dtypes: tuple) -> tuple:
-    return tuple(_one_stats(x, d) for x, d in zip(arrays, dtypes))
+def _stats_arrays(arrays: tuple, dtypes: tuple, ks: tuple, order: tuple | None) -> tuple:
+    """One statistics dict per array, or per layer of a stacked one (``k`` layer axes), in
+    ``order`` (see `_order`)."""
+    out = []
+    for x, d, k in zip(arrays, dtypes, ks):
+        one = _one_stats(x, d, k)
+        if not k:
+            out.append(one)
+            continue
+        flat = {key: v.reshape(-1) for key, v in one.items()}
+        rows = math.prod(x.shape[:k])
+        out.extend({key: v[i] for key, v in flat.items()} for i in range(rows))
+    return tuple(_reorder(out, order))
 
 
-_stats_jit = jax.jit(_stats_arrays, static_argnums=1)
+_stats_jit = jax.jit(_stats_arrays, static_argnums=(1, 2, 3))
 
 
 def stats(tree: Any, *, include_buffers: bool = False) -> OrderedDict[str, dict[str, jax.Array]]:
@@ -138,13 +212,14 @@ def stats(tree: Any, *, include_buffers: bool = False) -> OrderedDict[str, dict[
     arrays' shapes and dtypes). The result is an ``OrderedDict``, so its order survives being
     returned from ``jax.jit``. A parameter used in two places appears under both names.
     """
-    named = _named_arrays(tree, include_buffers)
-    names = [name for name, _ in named]
+    entries = _entries(tree, include_buffers)
+    names = _names(entries)
     if len(set(names)) != len(names):
         raise ValueError(f"jp.stats: two arrays share a name in {names}")
-    arrays = tuple(x for _, x in named)
-    dtypes = tuple(_compute_dtype(name, x.dtype) for name, x in named)
-    values = _stats_jit(arrays, dtypes)  # under an outer jit this is inlined into it
+    arrays = tuple(e.array for e in entries)
+    dtypes = tuple(_compute_dtype(e.name, e.array.dtype) for e in entries)
+    # under an outer jit this is inlined into it
+    values = _stats_jit(arrays, dtypes, _layer_axes(entries), _order(entries))
     return OrderedDict(zip(names, values))
 
 
@@ -168,7 +243,7 @@ def global_norm(tree: Any, *, include_buffers: bool = False) -> jax.Array:
     summed in float32 (``optax.global_norm`` sums them in their own dtype). A scalar array, no
     host sync; 0.0 for a tree without parameters.
     """
-    arrays = tuple(x for name, x in _named_arrays(tree, include_buffers))
+    arrays = tuple(e.array for e in _entries(tree, include_buffers))
     for x in arrays:
         if jnp.issubdtype(x.dtype, jnp.complexfloating):
             raise TypeError("jp.global_norm: complex arrays are not supported")
@@ -222,18 +297,26 @@ tree_util.register_pytree_with_keys(
 )
 
 
-def _nonfinite_code(arrays: Sequence[Any]) -> jax.Array:
+def _count_rows(fn: Any, x: Any, k: int) -> jax.Array:
+    """``sum(fn(x))`` as a vector: one count, or one per row over ``k`` leading layer axes."""
+    return jnp.sum(fn(x), axis=tuple(range(k, x.ndim)), dtype=jnp.int32).reshape(-1)
+
+
+def _nonfinite_code(arrays: Sequence[Any], ks: tuple = (), order: tuple | None = None) -> jax.Array:
     if not arrays:
         return jnp.array([-1, 0, 0, 0], jnp.int32)
-    nan = jnp.stack([jnp.sum(jnp.isnan(x), dtype=jnp.int32) for x in arrays])
-    inf = jnp.stack([jnp.sum(jnp.isinf(x), dtype=jnp.int32) for x in arrays])
+    ks = ks or (0,) * len(arrays)
+    nan = jnp.concatenate([_count_rows(jnp.isnan, x, k) for x, k in zip(arrays, ks)])
+    inf = jnp.concatenate([_count_rows(jnp.isinf, x, k) for x, k in zip(arrays, ks)])
+    if order is not None:  # state_dict order, so "first" means what it means unrolled
+        nan, inf = nan[np.asarray(order)], inf[np.asarray(order)]
     bad = (nan + inf) > 0
     first = jnp.argmax(bad)
     index = jnp.where(bad[first], first, -1).astype(jnp.int32)
     return jnp.stack([index, nan[first], inf[first], jnp.sum(bad, dtype=jnp.int32)])
 
 
-_nonfinite_code_jit = jax.jit(_nonfinite_code)
+_nonfinite_code_jit = jax.jit(_nonfinite_code, static_argnums=(1, 2))
 
 
 def first_nonfinite(tree: Any, *, include_buffers: bool = False) -> NonFinite:
@@ -243,14 +326,12 @@ def first_nonfinite(tree: Any, *, include_buffers: bool = False) -> NonFinite:
     `jp.state_dict` order. No host sync; return the report from the jitted step and call
     ``jp.check_finite(report)`` on the host.
     """
-    named = [
-        (name, x)
-        for name, x in _named_arrays(tree, include_buffers)
-        if jnp.issubdtype(x.dtype, jnp.inexact)
+    entries = [
+        e for e in _entries(tree, include_buffers) if jnp.issubdtype(e.array.dtype, jnp.inexact)
     ]
-    arrays = [x for _, x in named]
-    code = _nonfinite_code_jit(arrays)
-    return NonFinite(code, tuple(name for name, _ in named))
+    arrays = [e.array for e in entries]
+    code = _nonfinite_code_jit(arrays, _layer_axes(entries), _order(entries))
+    return NonFinite(code, tuple(_names(entries)))
 
 
 def check_finite(tree: Any, what: str = "gradients", *, include_buffers: bool = False) -> None:

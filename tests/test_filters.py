@@ -12,7 +12,7 @@ class Model(jp.Module):
     encoder: Block
     head: Linear
     frozen_emb: jp.Parameter
-    plain: jax.Array
+    plain: jax.Array = jp.field(plain_arrays=True)  # on purpose: split still sees it
 
     def __init__(self):
         self.encoder = Block(2)

@@ -15,6 +15,33 @@ stacked arrays (``blocks.layers.attn.in_proj_weight``, shape ``[24, 192, 64]``):
 arrays are what makes a jitted step cheap. `state_dict`, `load_state_dict`, `jp.save`/`jp.load`
 and `summary` see PyTorch's per-layer names (``blocks.0.attn.in_proj_weight``), the keys an
 ``nn.ModuleList`` of the same blocks has, so PyTorch checkpoints load as they are.
+
+Per-layer freezing: fine-tuning the top N layers. ``freeze``/``unfreeze`` also take per-layer
+names, so single layers of a stack freeze as they would unrolled::
+
+    model = model.freeze().unfreeze("blocks.2[0-3]", "head")   # train layers 20-23 and the head
+    model = model.freeze("blocks.[0-5]")                        # or freeze the bottom six
+    model = model.freeze("blocks.0.attn")                       # one sub-module of one layer
+
+A stacked Parameter with some layers frozen stays trainable (it is one array) and carries the
+per-layer flags as ``layer_trainable`` metadata, e.g. ``(False, False, True, True)``:
+
+- `Stacked.__call__` applies ``jax.lax.stop_gradient`` to the frozen layers' rows, so they get
+  exactly zero gradient under ``jax.grad``, ``jax.vmap``, remat and ``jax.jit`` alike;
+- `jp.Optimizer` keeps those rows bit-identical (weight decay and momentum would move them).
+  Raw optax on ``jp.split(model, jp.trainable)`` does not know the rows: chain the update
+  through ``jp.Optimizer``. Optimizer state still covers the whole array, frozen rows included;
+- `named_parameters` lists the whole stacked array as trainable; ``num_parameters(
+  trainable_only=True)`` counts only the trainable layers' rows, as the unrolled model would;
+- `state_dict(keep_vars=True)`, ``stacked[i]`` and `unstack` give each layer its own flag,
+  and `from_layers` / `load_state_dict` stack layers that differ only in flags this way;
+- freezing all layers, or none, gives the plain flag (no ``layer_trainable`` entry): a fully
+  frozen stack has no gradient and no optimizer state, as any frozen Parameter.
+
+`jp.optim.mask` / ``labels`` / ``weight_decay_mask`` accept per-layer names, but an optax mask
+covers a whole array: one that splits a stack's trainable layers raises, naming the layers;
+``jp.optim.scale_by_name`` scales updates per layer. `jp.stats` and the NaN/Inf guard report
+per-layer names (``blocks.3.attn.in_proj_weight``), in `state_dict` order.
 """
 
 from __future__ import annotations
@@ -28,8 +55,9 @@ import numpy as np
 from jax import tree_util
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ..filters import layer_meta, row_mask
 from ..module import Module, field
-from ..parameter import _intern_meta, _Variable, dtype_shape, rebuild_variable
+from ..parameter import Parameter, _intern_meta, _Variable, dtype_shape, rebuild_variable
 from ..paths import is_variable, path_name, walk
 from ._utils import describe, require_key
 from .containers import takes_key
@@ -58,15 +86,46 @@ def _axes_meta(v: _Variable, stack: bool) -> tuple:
     return _intern_meta(v._meta[0], meta)
 
 
-def _map_arrays(tree: Any, fn: Callable[[Any], Any], stack: bool | None) -> Any:
+_ALL = object()  # `_map_arrays(layers=_ALL)`: the per-layer flags of every layer at once
+
+
+def _layers_meta(meta: tuple, layers: Any) -> tuple:
+    """A stacked Parameter's metadata for layer ``layers`` (an int), a slice of the layers, or
+    for all of them at once (``_ALL``: trainable, as the frozen rows' gradient is stopped)."""
+    mask = row_mask(meta)
+    if mask is None:
+        return meta
+    return layer_meta(meta, np.asarray(True) if layers is _ALL else mask[layers])
+
+
+def _map_arrays(tree: Any, fn: Callable[[Any], Any], stack: bool | None, layers: Any = None) -> Any:
     """``tree`` with ``fn`` applied to every array; ``stack`` adds (True) or removes (False)
-    the layer axis in ``axes`` metadata, ``None`` keeps metadata as it is."""
+    the layer axis in ``axes`` metadata, ``None`` keeps metadata as it is. ``layers`` (an
+    index, a slice or ``_ALL``) picks those layers' trainable flags of partly frozen stacks."""
 
     def visit(x: Any) -> Any:
         if isinstance(x, _Variable):
             meta = x._meta if stack is None else _axes_meta(x, stack)
+            meta = meta if layers is None else _layers_meta(meta, layers)
             return rebuild_variable(type(x), meta, fn(x.value))
         return fn(x)
+
+    return tree_util.tree_map(visit, tree, is_leaf=is_variable)
+
+
+def _stop_frozen_rows(tree: Any) -> Any:
+    """Partly frozen stacked Parameters whose frozen layers' rows are gradient-stopped.
+
+    Only under a trace (``jax.grad``, ``jax.jit``...): eagerly there is no gradient to stop.
+    """
+
+    def visit(x: Any) -> Any:
+        mask = row_mask(x) if isinstance(x, Parameter) else None
+        v = x.value if mask is not None else None
+        if mask is None or not isinstance(v, jax.core.Tracer):
+            return x
+        rows = jnp.asarray(mask).reshape(mask.shape + (1,) * (v.ndim - mask.ndim))
+        return rebuild_variable(type(x), x._meta, jnp.where(rows, v, jax.lax.stop_gradient(v)))
 
     return tree_util.tree_map(visit, tree, is_leaf=is_variable)
 
@@ -129,8 +188,6 @@ def _describe_array(x: Any) -> str:
     value = x.value if isinstance(x, _Variable) else x
     text = f"shape {tuple(np.shape(value))} dtype {jnp.dtype(value.dtype)}"
     if isinstance(x, _Variable):
-        if x._meta[0] is not None:
-            text += f" trainable={x._meta[0]}"
         text += "".join(f" {k}={v!r}" for k, v in x._meta[1])
     return text
 
@@ -166,8 +223,43 @@ def _same_layout(first: tuple[list[Any], Any], other: tuple[list[Any], Any]) -> 
     )
 
 
+def _without_flags(layer: Module) -> tuple[Module, list[np.ndarray | None]]:
+    """``layer`` with every Parameter trainable, and its Parameters' flags in flatten order
+    (a bool, or a bool array for a partly frozen Stacked inside the layer)."""
+    leaves, treedef = tree_util.tree_flatten(layer, is_leaf=is_variable)
+    flags: list[np.ndarray | None] = []
+    for j, leaf in enumerate(leaves):
+        if isinstance(leaf, Parameter):
+            mask = row_mask(leaf)
+            flags.append(np.asarray(leaf.trainable) if mask is None else mask)
+            leaves[j] = rebuild_variable(
+                type(leaf), layer_meta(leaf._meta, np.asarray(True)), leaf.value
+            )
+        else:
+            flags.append(None)
+    return treedef.unflatten(leaves), flags
+
+
+def _with_flags(template: Module, flags: list[list[np.ndarray | None]]) -> Module:
+    """The stacked ``template`` with each Parameter's per-layer flags (``flags[layer][j]``)."""
+    leaves, treedef = tree_util.tree_flatten(template, is_leaf=is_variable)
+    for j, leaf in enumerate(leaves):
+        if isinstance(leaf, Parameter):
+            per_layer = [f[j] for f in flags]
+            inner = next((np.shape(f) for f in per_layer if np.ndim(f)), ())
+            mask = np.stack([np.broadcast_to(f, inner) for f in per_layer])
+            leaves[j] = rebuild_variable(type(leaf), layer_meta(leaf._meta, mask), leaf.value)
+    return treedef.unflatten(leaves)
+
+
 def _stack(layers: list[Module], what: str) -> Module:
-    """One module of ``layers[0]``'s structure whose arrays stack the layers' on axis 0."""
+    """One module of ``layers[0]``'s structure whose arrays stack the layers' on axis 0.
+
+    Layers may differ in their Parameters' trainable flags: the stacked Parameter then carries
+    per-layer flags (``layer_trainable`` metadata), see `Stacked`.
+    """
+    plain = [_without_flags(layer) for layer in layers]
+    layers = [layer for layer, _ in plain]
     flat = [tree_util.tree_flatten(layer) for layer in layers]
     for i, layer in enumerate(layers[1:], 1):
         if not _same_layout(flat[0], flat[i]):
@@ -179,7 +271,7 @@ def _stack(layers: list[Module], what: str) -> Module:
     names = [path_name(p) for p, _ in tree_util.tree_flatten_with_path(layers[0])[0]]
     leaves = [_stack_leaf([f[0][j] for f in flat], names[j]) for j in range(len(names))]
     template = flat[0][1].unflatten(leaves)
-    return _map_arrays(template, lambda a: a, stack=True)
+    return _with_flags(_map_arrays(template, lambda a: a, stack=True), [f for _, f in plain])
 
 
 def _check_remat(remat: Any) -> Remat:
@@ -245,7 +337,8 @@ class Stacked(Module):
     smaller `Stacked`). `named_parameters` and `jp.split` see the stacked arrays
     (``layers.weight``); `state_dict`, `load_state_dict`, `jp.save`/`jp.load` and `summary` use
     per-layer PyTorch names (``0.weight``, ``1.weight``, ...), as for an ``nn.ModuleList``.
-    Freeze a stacked parameter by glob: ``model.freeze("blocks.*.attn")``. Example::
+    Freeze a stacked parameter by glob (``model.freeze("blocks.*.attn")``) or single layers by
+    their per-layer names (see "Per-layer freezing" in the module docstring). Example::
 
         blocks = nn.Stacked(lambda k: nn.Linear(8, 8, key=k), 4, key=jax.random.key(0))
         y = jax.jit(lambda m, x: m(x))(blocks, jnp.ones((2, 8)))
@@ -311,7 +404,7 @@ class Stacked(Module):
 
     # -- per-layer access -----------------------------------------------------------------------
     def _layer(self, index: int | slice) -> Module:
-        return _map_arrays(self.layers, _index(index), stack=False)
+        return _map_arrays(self.layers, _index(index), stack=False, layers=index)
 
     @overload
     def __getitem__(self, index: int) -> Module: ...
@@ -324,7 +417,7 @@ class Stacked(Module):
             count = len(range(n)[index])
             if count == 0:
                 raise IndexError(f"Stacked[{index}] selects no layer of {n}")
-            layers = _map_arrays(self.layers, _index(index), stack=None)
+            layers = _map_arrays(self.layers, _index(index), stack=None, layers=index)
             return type(self)._build(layers, count, self.remat, self.training)
         i = int(index)
         if not -n <= i < n:
@@ -342,9 +435,9 @@ class Stacked(Module):
         return [self._layer(i) for i in range(self.num_layers)]
 
     # -- the forward pass -----------------------------------------------------------------------
-    def __call__(self, x: Any, *args: Any, key: jax.Array | None = None, **kwargs: Any) -> Any:
+    def __call__(self, x: Any, /, *args: Any, key: jax.Array | None = None, **kwargs: Any) -> Any:
         """Applies layer 0, 1, ..., N-1 to ``x`` (``args``/``kwargs`` go to every layer)."""
-        per_layer = _map_arrays(self.layers, lambda a: a, stack=False)
+        per_layer = _map_arrays(_stop_frozen_rows(self.layers), lambda a: a, False, _ALL)
         leaves, layer_def = tree_util.tree_flatten(per_layer)
         wants_key = key is not None and takes_key(per_layer)
         keys = jax.random.split(key, self.num_layers) if wants_key else None
@@ -380,7 +473,11 @@ class Stacked(Module):
 
         return update_state(self, with_new_state)
 
-    # -- hooks: per-layer names for state_dict/summary, folded repr -------------------------------
+    # -- hooks: per-layer names for state_dict/summary/freeze/NaN reports, folded repr ----------
+    def _jp_stacked_layers(self) -> tuple[str, int]:
+        """The field holding the stacked layer, and how many layers (`jparam.filters`)."""
+        return "layers", self.num_layers
+
     def _jp_state_view(self) -> Module:
         return _LayerList(tuple(self.unstack()), type(self), self.remat).replace(
             training=self.training

@@ -215,19 +215,15 @@ def _layers(key, n=3):
     ("change", "message"),
     [
         (
-            lambda b, k: jp.at(b, "fc.weight").set(jnp.zeros((D, D + 1))),
+            lambda b, k: jp.at(b, "fc.weight").set(jp.Parameter(jnp.zeros((D, D + 1)))),
             r"layer 2 does not match layer 0: 'fc.weight' is shape \(8, 9\)",
-        ),
-        (
-            lambda b, k: b.freeze("attn.in_proj_weight"),
-            r"'attn.in_proj_weight' is shape \(24, 8\) dtype float32 trainable=False",
         ),
         (lambda b, k: b.replace(fc=nn.Linear(D, D, bias=False, key=k)), "'fc.bias' .* is missing"),
         (lambda b, k: b.bfloat16(), "'norm.weight' is shape .* dtype bfloat16"),
         (lambda b, k: Block(heads=4, key=k), r"'attn' is MultiheadAttention\(.*num_heads=4"),
         (lambda b, k: b.replace(drop=b.drop.eval()), "'drop' has training=False"),
     ],
-    ids=["shape", "trainable", "missing", "dtype", "hyperparameter", "mode"],
+    ids=["shape", "missing", "dtype", "hyperparameter", "mode"],
 )
 def test_from_layers_names_the_first_difference(key, change, message):
     layers = _layers(key)
@@ -427,8 +423,8 @@ def test_freezing_a_stacked_parameter_by_glob(key):
     chex.assert_trees_all_equal(new.blocks.layers.attn, frozen.blocks.layers.attn)
     assert not np.allclose(new.blocks.layers.fc.weight.value, frozen.blocks.layers.fc.weight.value)
     assert not frozen.state_dict(keep_vars=True)["blocks.2.attn.in_proj_weight"].trainable
-    with pytest.raises(ValueError, match="'blocks.0.attn' matches no parameter"):
-        stacked.freeze("blocks.0.attn")  # one layer of a stacked array cannot be frozen alone
+    with pytest.raises(ValueError, match="'blocks.9.attn' matches no parameter"):
+        stacked.freeze("blocks.9.attn")  # there are 3 layers
 
 
 class NormBlock(jp.Module):
@@ -540,3 +536,250 @@ def test_property_stacked_equals_unrolled_and_round_trips(depth, width, seed):
     state = stacked.state_dict()
     assert list(state) == [f"{i}.{n}" for i in range(depth) for n in ("w", "b")]
     chex.assert_trees_all_equal(stacked.load_state_dict(state), stacked)
+
+
+# -- per-layer freezing: the unrolled list, frozen by the same names, is the oracle --------------
+W = 4
+
+
+class Tiny(jp.Module):
+    """A block whose every gradient is non-zero (no attention key bias), so Adam steps compare."""
+
+    fc: nn.Linear
+    norm: nn.LayerNorm
+
+    def __init__(self, *, key):
+        self.fc = nn.Linear(W, W, key=key)
+        self.norm = nn.LayerNorm(W)
+
+    def __call__(self, x):
+        return self.norm(jnp.tanh(self.fc(x))) + x
+
+
+class TinyModel(jp.Module):
+    h: Any
+    head: nn.Linear
+
+    def __init__(self, h, *, key):
+        self.h = h
+        self.head = nn.Linear(W, 2, key=key)
+
+    def __call__(self, x):
+        if isinstance(self.h, nn.Stacked):
+            return self.head(self.h(x))
+        for layer in self.h:
+            x = layer(x)
+        return self.head(x)
+
+
+def _tiny(key, depth=4, remat=False):
+    """The same weights as an unrolled model and as a stacked one (stack at ``h``)."""
+    kb, kh = jax.random.split(key)
+    layers = [Tiny(key=k) for k in jax.random.split(kb, depth)]
+    return TinyModel(layers, key=kh), TinyModel(nn.Stacked.from_layers(layers, remat=remat), key=kh)
+
+
+def _tiny_loss(model, x):
+    return jnp.sum(jnp.sin(model(x)))
+
+
+_TINY_STEP = jax.jit(jp.value_and_grad(_tiny_loss))
+_TX = jnp.asarray(random((3, W), 11))
+
+
+def _flags(model):
+    """Trainable flags by per-layer (state_dict) name."""
+    return {n: p.trainable for n, p in model.state_dict(keep_vars=True).items()}
+
+
+def _rows(p, layers):
+    return np.asarray(p.value)[np.asarray(layers)]
+
+
+FREEZES = [
+    ("freeze", ("h.0.fc",)),
+    ("freeze", ("h.0",)),
+    ("freeze", ("h.[0-1]",)),
+    ("freeze", ("h.*.norm", "h.2.fc.bias")),
+    ("unfreeze", ("h.3.*", "head")),  # on a fully frozen model: fine-tune the top layer
+]
+
+
+@pytest.mark.parametrize(("how", "patterns"), FREEZES, ids=lambda v: str(v))
+def test_per_layer_names_freeze_exactly_those_layers(key, how, patterns):
+    unrolled, stacked = _tiny(key)
+    if how == "unfreeze":
+        unrolled, stacked = unrolled.freeze(), stacked.freeze()
+    u = getattr(unrolled, how)(*patterns)
+    s = getattr(stacked, how)(*patterns)
+    assert _flags(s) == _flags(u)  # per layer, by the same names
+    assert s.num_parameters(trainable_only=True) == u.num_parameters(trainable_only=True)
+    assert s.num_parameters() == u.num_parameters()
+    # The stacked Parameter is trainable when any of its layers is; the flags are its metadata.
+    w = s.h.layers.fc.weight
+    expected = tuple(_flags(u)[f"h.{i}.fc.weight"] for i in range(4))
+    assert w.trainable == any(expected)
+    if any(expected) and not all(expected):
+        assert w.metadata["layer_trainable"] == expected
+    else:
+        assert "layer_trainable" not in w.metadata
+
+
+def test_per_layer_freezing_of_all_or_no_layers_is_the_plain_flag(key):
+    _, stacked = _tiny(key)
+    every = stacked.freeze("h.[0-3]")  # all four layers: frozen as a whole, as before
+    assert jax.tree.structure(every) == jax.tree.structure(stacked.freeze("h"))
+    assert not every.h.layers.fc.weight.trainable
+    assert "h.layers.fc.weight" not in jp.Optimizer(optax.adam(1e-3), every).names
+    back = stacked.freeze("h.1").unfreeze("h.1")
+    assert jax.tree.structure(back) == jax.tree.structure(stacked)
+    again = stacked.freeze("h.1").unfreeze("h")  # the stacked name: all layers
+    assert jax.tree.structure(again) == jax.tree.structure(stacked)
+    with pytest.raises(ValueError, match="'h.7' matches no parameter"):
+        stacked.freeze("h.7")
+
+
+def _grad_rows_zero(g, frozen, trainable):
+    g = np.asarray(g)
+    assert np.all(g[np.asarray(frozen)] == 0.0)  # exactly: stop_gradient, not small
+    assert np.all(np.abs(g[np.asarray(trainable)]).reshape(len(trainable), -1).sum(1) > 0)
+
+
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+def test_frozen_layers_get_exactly_zero_gradient_under_any_transform(key, remat):
+    _, stacked = _tiny(key, remat=remat)
+    model = stacked.freeze("h.[0-1].fc", "h.3.norm")
+
+    def loss(m, x):
+        return _tiny_loss(m, x)
+
+    for grads in (
+        jax.grad(loss)(model, _TX),  # plain JAX on the whole model, no jp.split
+        jax.jit(jax.grad(loss))(model, _TX),
+        jp.grad(loss)(model, _TX),
+    ):
+        _grad_rows_zero(grads.h.layers.fc.weight.value, [0, 1], [2, 3])
+        _grad_rows_zero(grads.h.layers.norm.weight.value, [3], [0, 1, 2])
+    per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0))(model, _TX[:, None])
+    w = np.asarray(per_example.h.layers.fc.weight.value)  # [example, layer, out, in]
+    assert np.all(w[:, :2] == 0.0) and np.abs(w[:, 2:]).sum() > 0
+
+
+def test_fine_tuning_partly_frozen_stack_matches_the_unrolled_model_under_adamw(key):
+    unrolled, stacked = _tiny(key)
+    patterns = ("h.[0-1]", "h.2.norm")  # freeze the bottom two layers and one norm
+    u, s = unrolled.freeze(*patterns), stacked.freeze(*patterns)
+    tx = optax.adamw(1e-2, weight_decay=0.1)
+    opt_u, opt_s = jp.Optimizer(tx, u), jp.Optimizer(tx, s)
+
+    @jax.jit
+    def step(model, opt):
+        loss, grads = jp.value_and_grad(_tiny_loss)(model, _TX)
+        model, opt = opt.update(model, grads)
+        return model, opt, loss, grads
+
+    start = s
+    for i in range(3):
+        u, opt_u, loss_u, grads_u = step(u, opt_u)
+        s, opt_s, loss_s, grads_s = step(s, opt_s)
+        chex.assert_trees_all_close(loss_s, loss_u, rtol=1e-5, atol=1e-6)
+        if i == 0:  # the same gradients for every trainable layer, exact zeros for frozen ones
+            gu, gs = jp.state_dict(grads_u), jp.state_dict(grads_s)
+            chex.assert_trees_all_close({n: gs[n] for n in gu}, dict(gu), rtol=1e-5, atol=1e-6)
+            assert all(np.all(np.asarray(gs[n]) == 0) for n in gs if n not in gu)
+    _assert_same_state(s, u)
+    # frozen layers: bit-identical after weight decay and momentum; trainable layers moved
+    for name in ("fc.weight", "fc.bias", "norm.weight"):
+        old, new = start.h.layers, s.h.layers
+        for part in name.split("."):
+            old, new = getattr(old, part), getattr(new, part)
+        np.testing.assert_array_equal(_rows(new, [0, 1]), _rows(old, [0, 1]))
+        assert not np.allclose(_rows(new, [3]), _rows(old, [3]))
+    np.testing.assert_array_equal(
+        _rows(s.h.layers.norm.weight, [2]), _rows(start.h.layers.norm.weight, [2])
+    )
+    assert not np.allclose(_rows(s.h.layers.fc.weight, [2]), _rows(start.h.layers.fc.weight, [2]))
+
+
+def test_per_layer_flags_survive_stacking_slicing_and_loading(key):
+    layers = [Tiny(key=k) for k in jax.random.split(key, 3)]
+    layers[1] = layers[1].freeze("fc")  # layers that differ only in flags stack
+    stacked = nn.Stacked.from_layers(layers)
+    assert stacked.layers.fc.weight.metadata["layer_trainable"] == (True, False, True)
+    assert "layer_trainable" not in stacked.layers.norm.weight.metadata  # uniform: plain flag
+    assert not stacked[1].fc.weight.trainable and stacked[2].fc.weight.trainable
+    assert "layer_trainable" not in stacked[1].fc.weight.metadata
+    assert stacked[:2].layers.fc.weight.metadata["layer_trainable"] == (True, False)
+    assert not stacked[1:2].layers.fc.weight.trainable  # one frozen layer left: frozen
+    for restacked in (
+        nn.Stacked.from_layers(stacked.unstack()),
+        stacked.load_state_dict(stacked.state_dict()),
+    ):
+        assert jax.tree.structure(restacked) == jax.tree.structure(stacked)
+    assert _flags(stacked) == _flags(nn.Sequential(*layers))
+
+
+def test_per_layer_names_inside_nested_stacks(key):
+    outer = nn.Stacked(lambda k: Outer(key=k), 3, key=key).freeze("1.inner.0")
+    flags = outer.layers.inner.layers.weight.metadata["layer_trainable"]
+    assert flags == ((True, True), (False, True), (True, True))
+    assert [n for n, t in _flags(outer).items() if not t] == ["1.inner.0.weight", "1.inner.0.bias"]
+    x = jnp.asarray(random((2, 4), 6))
+    grads = jax.grad(lambda m: jnp.sum(jnp.sin(m(x))))(outer)
+    w = np.asarray(grads.layers.inner.layers.weight.value)
+    assert np.all(w[1, 0] == 0) and np.all(np.abs(w[1, 1]) + np.abs(w[0, 0]) > 0)
+    assert list(jp.stats(outer)) == list(outer.state_dict())  # reports in per-layer order
+
+
+# -- parameter groups by per-layer names ----------------------------------------------------------
+def test_masks_and_labels_take_per_layer_names_of_whole_stacks(key):
+    unrolled, stacked = _tiny(key)
+    decay_u, decay_s = jp.optim.weight_decay_mask(unrolled), jp.optim.weight_decay_mask(stacked)
+    for n, layers in (("fc.weight", True), ("fc.bias", False), ("norm.weight", False)):
+        assert decay_s[f"h.layers.{n}"] is layers  # one layer's ndim: a stacked bias is a bias
+        assert all(decay_u[f"h.{i}.{n}"] is layers for i in range(4))
+    mask = jp.optim.mask(stacked, include=["h.[0-3].fc.*", "head"])
+    assert mask["h.layers.fc.weight"] and not mask["h.layers.norm.weight"] and mask["head.bias"]
+    labels = jp.optim.labels(stacked, {"h.*": "body", "*": "head"})
+    assert labels["h.layers.fc.weight"] == "body" and labels["head.weight"] == "head"
+    # Frozen layers never move, so a mask may differ on them.
+    frozen = stacked.freeze("h.[0-1]")
+    assert jp.optim.mask(frozen, exclude="h.[0-1].*")["h.layers.fc.weight"]
+    assert jp.optim.labels(frozen, {"h.[2-3].*": "top", "*": "x"})["h.layers.fc.bias"] == "top"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m: jp.optim.mask(m, exclude="h.2.*"),
+        lambda m: jp.optim.weight_decay_mask(m, exclude="h.0.fc.weight"),
+        lambda m: jp.optim.labels(m, {"h.[0-1].*": "slow", "*": "fast"}),
+    ],
+    ids=["mask", "weight_decay_mask", "labels"],
+)
+def test_masks_and_labels_splitting_a_stack_raise_naming_it_and_the_layers(key, make):
+    _, stacked = _tiny(key)
+    with pytest.raises(ValueError, match=r"stacked parameter 'h\.layers\.fc\.weight'") as err:
+        make(stacked)
+    text = str(err.value)
+    assert "h.0.fc.weight" in text and "h.3.fc.weight" in text and "scale_by_name" in text
+
+
+def test_scale_by_name_scales_layers_of_a_stack_like_the_unrolled_arrays(key):
+    unrolled, stacked = _tiny(key)
+    rules = {"h.0.*": 0.1, "h.[2-3].fc.*": 3.0, "head.*": 0.0}
+
+    def run(model):
+        tx = optax.chain(optax.adam(1e-2), jp.optim.scale_by_name(model, rules))
+        opt = jp.Optimizer(tx, model)
+        for _ in range(2):
+            _, grads = _TINY_STEP(model, _TX)
+            model, opt = opt.update(model, grads)
+        return model
+
+    new_u, new_s = run(unrolled), run(stacked)
+    _assert_same_state(new_s, new_u)
+    chex.assert_trees_all_equal(new_s.head, stacked.head)  # scaled by 0: unchanged
+    assert not np.allclose(
+        _rows(new_s.h.layers.fc.weight, [0]), _rows(stacked.h.layers.fc.weight, [0])
+    )
