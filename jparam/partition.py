@@ -28,7 +28,7 @@ from jax import tree_util
 
 from .filters import FilterLike, as_filter
 from .parameter import _Variable, rebuild_variable
-from .paths import is_variable, path_name, register_static_node
+from .paths import NameTable, is_variable, path_name, register_static_node
 
 __all__ = ["Hole", "merge", "split"]
 
@@ -38,15 +38,17 @@ T = TypeVar("T")
 class Hole:
     """Where `split` took a leaf out: a pytree node without children, like ``None``.
 
-    It carries, statically, the leaf's name and, for a Parameter or Buffer, its type and
-    metadata, so `merge` can rebuild the leaf from an array. Being static, these cost one
-    identity comparison on a ``jax.jit`` cache lookup.
+    It carries, statically, the leaf's name, its shape and dtype (for arrays, see `_Spec`) and,
+    for a Parameter or Buffer, its type and metadata, so `merge` can check a value and rebuild
+    the leaf from it. These cost a few identity comparisons on a ``jax.jit`` cache lookup.
     """
 
     __slots__ = ("aux",)
 
-    def __init__(self, name: str, kind: type | None = None, meta: tuple | None = None) -> None:
-        self.aux = (name, kind, meta)
+    def __init__(
+        self, name: str, kind: type | None = None, meta: tuple | None = None, spec: Any = None
+    ) -> None:
+        self.aux = (name, kind, meta, spec if isinstance(spec, _Spec) else _Spec(spec))
 
     @property
     def name(self) -> str:
@@ -54,12 +56,55 @@ class Hole:
 
     def fill(self, value: Any) -> Any:
         """The leaf this placeholder stands for, holding ``value``."""
-        _, kind, meta = self.aux
+        _, kind, meta, _ = self.aux
         return value if kind is None else rebuild_variable(kind, meta, value)
+
+    def check(self, value: Any) -> str | None:
+        """Why ``value`` cannot stand where this leaf was, or ``None`` if it can.
+
+        The shape must be the same and the dtype too: `merge` puts values back as they are, so
+        a cast or a broadcast here would change the model behind the user's back.
+        """
+        spec = self.aux[3].spec
+        if spec is None:
+            return None
+        shape, dtype = spec
+        want = f"{dtype}{list(shape)}"
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")):
+            return (
+                f"{self.name}: expected an array {want}, got {type(value).__name__} {value!r:.40}"
+            )
+        if tuple(value.shape) != shape or value.dtype != dtype:
+            return f"{self.name}: expected {want}, got {value.dtype}{list(value.shape)}"
+        return None
 
     def __repr__(self) -> str:
         kind = self.aux[1].__name__ if self.aux[1] is not None else "array"
         return f"Hole({self.aux[0]!r}, {kind})"
+
+
+class _Spec:
+    """The ``(shape, dtype)`` a `Hole` checks values against: recorded, but not structure.
+
+    Every `_Spec` equals every other and hashes alike, so the shape never takes part in treedef
+    comparisons: the rest of a model and the rest of its tree of shardings (``jp.shardings``,
+    whose leaves have no shape) have the same structure, as ``jax.jit(in_shardings=...)`` needs.
+    Shapes still reach the jit cache key through the parts, whose arrays are real leaves.
+    """
+
+    __slots__ = ("spec",)
+
+    def __init__(self, value: Any) -> None:
+        try:
+            self.spec = (tuple(value.shape), value.dtype)
+        except (AttributeError, TypeError):  # a Python scalar, a sharding: unchecked
+            self.spec = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Spec)
+
+    def __hash__(self) -> int:
+        return 0
 
 
 register_static_node(Hole)
@@ -78,18 +123,18 @@ def split(tree: Any, filter: FilterLike, *filters: FilterLike) -> tuple[Any, ...
     """
     preds = [as_filter(f) for f in (filter, *filters)]
     parts: list[dict[str, Any]] = [{} for _ in preds]
+    names = NameTable("split")
 
     def visit(path: tuple, leaf: Any) -> Any:
         name = path_name(path)
         for pred, part in zip(preds, parts):
             if pred.matches(name, leaf):
-                if name in part:
-                    raise ValueError(f"split: two leaves are both named {name!r}")
+                names.add(name, path)
                 if isinstance(leaf, _Variable):
                     part[name] = leaf.value
-                    return Hole(name, type(leaf), leaf._meta)
+                    return Hole(name, type(leaf), leaf._meta, _Spec(leaf.value))
                 part[name] = leaf
-                return Hole(name)
+                return Hole(name, spec=_Spec(leaf))
         return leaf
 
     rest = tree_util.tree_map_with_path(visit, tree, is_leaf=is_variable)
@@ -101,7 +146,8 @@ def merge(*parts_and_rest: Any) -> Any:
 
     The parts are ``{name: array}`` mappings (a gradient or an optax-updated copy works too);
     every placeholder in the rest must find its name in exactly one part, and every name must
-    be used.
+    be used. Each value must have the shape and dtype of the leaf it replaces (checked when
+    tracing, so a jitted step pays nothing); a changed shape is an error, never a broadcast.
     """
     if len(parts_and_rest) < 2:
         raise TypeError("merge(part, ..., rest) needs at least one part and the rest")
@@ -119,6 +165,7 @@ def merge(*parts_and_rest: Any) -> Any:
         values.update(part)
     used: set[str] = set()
     missing: list[str] = []
+    wrong: list[str] = []
 
     def fill(x: Any) -> Any:
         if not isinstance(x, Hole):
@@ -127,14 +174,28 @@ def merge(*parts_and_rest: Any) -> Any:
             missing.append(x.name)
             return x
         used.add(x.name)
+        problem = x.check(values[x.name])
+        if problem is not None:
+            wrong.append(problem)
         return x.fill(values[x.name])
 
     out = tree_util.tree_map(fill, rest, is_leaf=_is_hole)
+    if not used and not missing and values:
+        raise TypeError(
+            f"merge(part, ..., rest): the last argument should be the rest from jp.split (a tree "
+            f"with placeholders), got {type(rest).__name__} without any; the parts go first"
+        )
     unexpected = [n for n in values if n not in used]
     if missing or unexpected:
         raise ValueError(
             "merge: the parts do not fit the rest (were they split from the same model with "
             f"the same filters?); no value for: {missing or 'none'}; "
             f"not a placeholder in the rest: {unexpected or 'none'}"
+        )
+    if wrong:
+        raise ValueError(
+            "merge: values must have the shape and dtype of the leaves they replace (merge "
+            "never casts or broadcasts; cast with .astype, or split the changed model again):\n  "
+            + "\n  ".join(wrong)
         )
     return out

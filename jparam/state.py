@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import tree_util
 
-from .parameter import Buffer, _Variable, to_array
+from .parameter import Buffer, _Variable, dtype_shape, to_array
 from .paths import children, is_variable, map_modules, map_variables, walk
 from .tying import TiedTo, load_tied, resolve_entries
 
@@ -114,18 +114,32 @@ def saved_variables(
             skip = None
         if isinstance(node, _Variable):
             if all_buffers or _persistent(node):
-                found[name] = node
+                _put(found, {name: node})
         elif isinstance(node, TiedTo):
-            found[name] = node
+            _put(found, {name: node})
         elif _has_view(node):
             if views is not None:
                 views.append(name)
             view = (_abstract(node) if abstract else node)._jp_state_view()
-            found.update(
-                saved_variables(view, name, views, abstract=abstract, all_buffers=all_buffers)
+            _put(
+                found,
+                saved_variables(view, name, views, abstract=abstract, all_buffers=all_buffers),
+                f"{type(node).__name__} at {name or 'the root'} saves",
             )
             skip = f"{name}." if name else ""
     return found
+
+
+def _put(found: dict[str, Any], new: Mapping[str, Any], who: str = "") -> None:
+    """Adds ``new`` to ``found``; a name both already have is an error, never a merge."""
+    clash = [k for k in new if k in found]
+    if clash:
+        raise ValueError(
+            f"{who or 'the model has'} entries under names that other entries already have: "
+            f"{clash}; a state view's saved names and the other names of the model "
+            "must differ. Rename one of them"
+        )
+    found.update(new)
 
 
 def _entries(
@@ -148,7 +162,8 @@ def state_dict(tree: Any, prefix: str = "", keep_vars: bool = False) -> OrderedD
     return OrderedDict((name, node.value) for name, node in entries.items())
 
 
-def _kind(dtype: Any) -> str:
+def dtype_kind(dtype: Any) -> str:
+    """``"floating"``, ``"complex"``, ``"integer"`` or ``"bool"``: what casts may not change."""
     for kind, base in (
         ("floating", jnp.floating),
         ("complex", jnp.complexfloating),
@@ -160,24 +175,65 @@ def _kind(dtype: Any) -> str:
     return str(dtype)
 
 
-def _convert(name: str, target: Any, raw: Any, errors: list[str]) -> Any:
+def convert_value(
+    name: str, target: Any, raw: Any, *, what: str, hint: str = "", abstract_ok: bool = False
+) -> Any:
+    """``raw`` as an array with ``target``'s shape and dtype, or a `TypeError`/`ValueError`.
+
+    The one rule for putting a value where a Parameter or Buffer is (`load_state_dict`,
+    ``jp.at(...).set``): the shape must be the same (never broadcast); the dtype is cast within
+    the same kind (float64 -> float32, like PyTorch's ``copy_``), never across kinds (float <->
+    int); an abstract value (``jax.ShapeDtypeStruct``) goes only into an abstract model (unless
+    ``abstract_ok``). ``what`` names the value in messages; ``hint`` says what to do instead.
+    """
     try:
-        value = to_array(raw, what=f"state_dict[{name!r}]")
-    except TypeError as e:
-        errors.append(str(e))
-        return None
+        value = to_array(raw, what=what)
+    except (ValueError, OverflowError, NotImplementedError, RuntimeError) as e:
+        # e.g. an int64 out of JAX's range, a huge Python int, a PyTorch meta tensor
+        msg = str(e) if name in str(e) else f"{what}: {e}"
+        raise ValueError(msg) from None
     want_shape, got_shape = tuple(target.shape), tuple(value.shape)
     if want_shape != got_shape:
-        errors.append(f"{name}: shape mismatch, expected {want_shape}, got {got_shape}")
-        return None
-    want, got = _kind(target.dtype), _kind(value.dtype)
+        raise ValueError(f"{name}: shape mismatch, expected {want_shape}, got {got_shape}{hint}")
+    want, got = dtype_kind(target.dtype), dtype_kind(value.dtype)
     if want != got:
-        errors.append(
+        raise ValueError(
             f"{name}: dtype mismatch, expected {want} {target.dtype}, got {got} "
-            f"{value.dtype}; cast it explicitly if that is intended"
+            f"{value.dtype}; cast it explicitly if that is intended{hint}"
         )
-        return None
+    if not abstract_ok:
+        problem = _abstract_problem(name, target, value)
+        if problem:
+            raise ValueError(problem)
     return value if value.dtype == target.dtype else value.astype(target.dtype)
+
+
+def _abstract_problem(name: str, target: Any, value: Any) -> str | None:
+    held = target.value if isinstance(target, _Variable) else target
+    if isinstance(value, jax.ShapeDtypeStruct) and not isinstance(held, jax.ShapeDtypeStruct):
+        return (
+            f"{name}: got an abstract value ({dtype_shape(value)}, a jax.ShapeDtypeStruct that "
+            "holds no numbers), which cannot be loaded into a model with real arrays; pass "
+            "arrays, or load into an abstract model (jax.eval_shape)"
+        )
+    return None
+
+
+def abstract_errors(expected: Mapping[str, Any], state: Any) -> list[str]:
+    """One message per ``state`` entry that is abstract where ``expected`` holds a real array."""
+    if not isinstance(state, Mapping):
+        return []
+    found = (_abstract_problem(n, expected[n], v) for n, v in state.items() if n in expected)
+    return [p for p in found if p]
+
+
+def _convert(name: str, target: Any, raw: Any, errors: list[str]) -> Any:
+    # Abstract values pass here: a checkpoint reader checks its files' shapes with them.
+    try:
+        return convert_value(name, target, raw, what=f"state_dict[{name!r}]", abstract_ok=True)
+    except (TypeError, ValueError) as e:
+        errors.append(str(e))
+        return None
 
 
 def match_state(
@@ -227,7 +283,8 @@ def load_state_dict(tree: T, state: Mapping[str, Any], strict: bool = True) -> A
     """
     views: list[str] = []
     found = saved_variables(tree, "", views)
-    expected, errors = resolve_entries(found), []
+    expected = resolve_entries(found)
+    errors = abstract_errors(expected, state)
     # A tied name may come with its source, alone, or not at all.
     tied = {
         n: (node.source_name(n), node.transpose)

@@ -13,9 +13,18 @@ import jax
 import numpy as np
 from jax import tree_util
 
-from .filters import Filter, as_filter, glob_matches, require_match
+from . import state as _state
+from .filters import (
+    Filter,
+    as_filter,
+    glob_matches,
+    require_match,
+    set_layer_flags,
+    stacked_layers,
+    with_layer_flags,
+)
 from .module import Module
-from .parameter import Parameter, _Variable
+from .parameter import Parameter, _Variable, can_train
 from .paths import children, map_variables, walk
 from .tying import TiedTo
 
@@ -77,32 +86,42 @@ def _get_child(node: Any, index: Any, seg: str) -> Any:
     return dict(children(node))[seg]
 
 
-def _locate(node: Any, segs: list[str], depth: int, full: str) -> Any:
-    try:
-        return _child_index(node, segs[depth])
-    except KeyError:
-        where = ".".join(segs[:depth]) or "the root"
-        have = [name for name, _ in children(node)]
-        raise KeyError(
-            f"no {segs[depth]!r} in {where} while resolving {full!r}; "
-            f"{type(node).__name__} there has: {', '.join(have) or 'no children'}"
-        ) from None
+def _locate(node: Any, segs: list[str], depth: int, full: str) -> tuple[Any, int]:
+    """The index of the child named by ``segs[depth:]`` and how many segments its name took.
+
+    A dict key may contain dots (``{"a.b": layer}`` is named ``a.b``): when ``segs[depth]``
+    alone names no child, the longer dotted runs are tried.
+    """
+    for stop in range(depth + 1, len(segs) + 1):
+        try:
+            return _child_index(node, ".".join(segs[depth:stop])), stop - depth
+        except KeyError:
+            if not isinstance(node, dict):
+                break
+    where = ".".join(segs[:depth]) or "the root"
+    have = [name for name, _ in children(node)]
+    raise KeyError(
+        f"no {segs[depth]!r} in {where} while resolving {full!r}; "
+        f"{type(node).__name__} there has: {', '.join(have) or 'no children'}"
+    )
 
 
 def _get(tree: Any, full: str) -> Any:
     segs = full.split(".")
-    node = tree
-    for depth, seg in enumerate(segs):
-        node = _get_child(node, _locate(node, segs, depth, full), seg)
+    node, depth = tree, 0
+    while depth < len(segs):
+        index, used = _locate(node, segs, depth, full)
+        node = _get_child(node, index, ".".join(segs[depth : depth + used]))
+        depth += used
     return node
 
 
 def _update(node: Any, segs: list[str], fn: Callable[[Any], Any], full: str, depth: int = 0):
     if depth == len(segs):
         return fn(node)
-    index = _locate(node, segs, depth, full)
-    child = _get_child(node, index, segs[depth])
-    return _replace_child(node, index, _update(child, segs, fn, full, depth + 1))
+    index, used = _locate(node, segs, depth, full)
+    child = _get_child(node, index, ".".join(segs[depth : depth + used]))
+    return _replace_child(node, index, _update(child, segs, fn, full, depth + used))
 
 
 def _resolve(tree: Any, where: str | Filter) -> list[str]:
@@ -121,11 +140,20 @@ def _resolve(tree: Any, where: str | Filter) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+_SET_HINT = (
+    "; a raw array is a value update and keeps the parameter's shape and dtype kind. To change "
+    "them, set a new jp.Parameter/jp.Buffer (e.g. `.set(jp.Parameter(x))` or "
+    "`.apply(lambda p: p.astype(dtype))`)"
+)
+
+
 def _assign(old: Any, new: Any, name: str) -> Any:
-    # A raw array assigned where a Parameter/Buffer was keeps the flag and metadata; None
-    # removes it (like PyTorch's ``module.bias = None``), it does not mean "keep the value".
+    # A raw value assigned where a Parameter/Buffer was is a value update: it keeps the flag,
+    # the metadata, the shape and the dtype (cast within its kind, as load_state_dict does).
+    # None removes it (like PyTorch's ``module.bias = None``); a new Parameter replaces it.
     if isinstance(old, _Variable) and new is not None and not isinstance(new, _Variable):
-        return old.replace(new)
+        what = f"the value set at {name!r}"
+        return old._with_value(_state.convert_value(name, old, new, what=what, hint=_SET_HINT))
     if isinstance(new, (jax.Array, np.ndarray)):
         # A raw array where a tie or a module (a parametrized weight) was would silently drop
         # the tie or the constraint: say what was there and how to do what was meant.
@@ -167,7 +195,12 @@ class _At(Generic[T]):
     def set(self, value: Any) -> T:
         """Returns a new tree with the selected node(s) replaced by ``value``.
 
-        Setting a raw array where a Parameter or Buffer was keeps its flag and metadata.
+        Setting a raw array where a Parameter or Buffer was updates its value: flag, metadata,
+        shape and dtype stay. The shape must match exactly (never broadcast) and the dtype is
+        cast within its kind (float64 -> float32), as `load_state_dict` does; another kind
+        (int into float), a string or ``None``-like junk is an error naming the path. Setting a
+        `jp.Parameter` replaces the parameter on purpose, so its shape and dtype may change
+        (how a head is swapped); ``None`` removes it, like PyTorch's ``module.bias = None``.
         """
         return self.apply(lambda old: value)
 
@@ -185,13 +218,32 @@ def at(tree: T, where: str | Filter) -> _At[T]:
     return _At(tree, _resolve(tree, where), many)
 
 
+def _check_unfreezable(patterns: tuple, walked: list, stacked: dict) -> None:
+    """Refuses an `unfreeze` glob that selects only integer parameters (they cannot train)."""
+    floating = []
+    for n, node in walked:
+        if isinstance(node, TiedTo) or (isinstance(node, Parameter) and can_train(node.dtype)):
+            floating.append(n)
+            floating.extend(stacked[n].names if n in stacked else ())
+    for p in patterns:
+        if not any(glob_matches(p, n) for n in floating):
+            raise TypeError(
+                f"unfreeze({p!r}) selects only integer parameters; only floating and complex "
+                "parameters can be trainable (as in PyTorch). Cast them to a floating dtype "
+                "first to train them, or leave them frozen."
+            )
+
+
 def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
     """`Module.freeze`/`unfreeze`: set the flag on parameters whose names match any glob."""
     patterns = tuple(patterns)
     names, aliases = [], {}  # a tied name selects its source: both are one parameter
-    for n, node in walk(tree, tied=True):
+    walked = list(walk(tree, tied=True))
+    stacked = stacked_layers(walked)  # per-layer names of nn.Stacked arrays: "h.0.attn.w"
+    for n, node in walked:
         if isinstance(node, Parameter):
             names.append(n)
+            names.extend(stacked[n].names if n in stacked else ())
         elif isinstance(node, TiedTo):
             names.append(n)
             aliases.setdefault(node.source_name(n), []).append(n)
@@ -199,13 +251,21 @@ def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
         if not isinstance(p, str):
             raise TypeError(f"freeze/unfreeze take name globs (strings), got {p!r}")
         require_match(p, names, "parameter")
+    if flag:
+        _check_unfreezable(patterns, walked, stacked)
 
     def visit(name: str, x: Any) -> Any:
-        if not isinstance(x, Parameter) or x.trainable == flag:
+        if not isinstance(x, Parameter) or (flag and not can_train(x.dtype)):
+            return x  # integer parameters stay frozen, as PyTorch refuses requires_grad on them
+        layers = stacked.get(name)
+        if layers is None and x.trainable == flag:
             return x
         known = (name, *aliases.get(name, ()))
         if patterns and not any(glob_matches(p, n) for p in patterns for n in known):
-            return x
+            # a stacked parameter: only the layers whose per-layer names match
+            return x if layers is None else set_layer_flags(x, layers, flag, patterns)
+        if layers is not None:  # all its layers
+            return with_layer_flags(x, np.full(layers.shape, flag))
         return x.replace(trainable=flag)
 
     return map_variables(tree, visit)

@@ -22,6 +22,8 @@ The rules, all following from "two names, one parameter":
   so a PyTorch model with the same tie loads the file with a strict ``load_state_dict``.
   `load_state_dict` and `jp.load` accept both names (they must agree, else the error names both),
   the source alone, or the target alone.
+- Ties never chain: a source that is itself tied is followed to its own source, and names tied
+  to a new target are re-pointed with it; a tie that would close a cycle is refused (see `tie`).
 - ``freeze``/``unfreeze`` globs match either name: freezing ``"decoder.weight"`` or
   ``"decoder"`` freezes the one shared parameter, so both uses, as in PyTorch where both
   attributes hold the same tensor.
@@ -157,7 +159,7 @@ def _tied_class(cls: type) -> type:
     if call is not None:
 
         @functools.wraps(call)
-        def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        def __call__(self: Any, /, *args: Any, **kwargs: Any) -> Any:
             return call(_resolve(self), *args, **kwargs)
 
         namespace["__call__"] = __call__
@@ -300,40 +302,91 @@ def tie(tree: T, target: str, source: str, *, transpose: bool = False) -> T:
     ``transpose=True`` ties a 2-D target to the source's transpose (an autoencoder's decoder to
     its encoder). Both must be Parameters of the same dtype and matching shapes; the target's
     own value, flag and metadata are dropped, as when PyTorch assigns
-    ``decoder.weight = embed.weight``. A source that is itself tied is followed to its own
-    source. See the module docstring for what a tie means for names, gradients, optimizers,
-    files and freezing::
+    ``decoder.weight = embed.weight``. See the module docstring for what a tie means for names,
+    gradients, optimizers, files and freezing::
 
         model = jp.tie(model, "decoder.weight", "embed.weight")
         model = jp.tie(model, "dec.weight", "enc.weight", transpose=True)
 
+    Chains never form, so no weight is ever orphaned:
+
+    - a ``source`` that is itself tied is followed to its own source (transposes compose);
+    - names already tied to ``target`` are re-pointed to ``source`` with it (``a`` tied to
+      ``b``, then ``b`` tied to ``c``: ``a`` and ``b`` are both tied to ``c``);
+    - a tie that would close a cycle (``b`` to ``a`` when ``a`` is tied to ``b``) is refused:
+      the two names already share one parameter;
+    - a ``target`` already tied elsewhere is refused (``jp.untie`` first); declaring the same
+      tie again returns ``tree`` unchanged.
+
     Returns a model of a subclass of ``type(tree)`` (same name, same fields) whose ``__call__``
     resolves the ties; call `tie` again for more ties.
     """
+    transpose = _check_tie_args(target, source, transpose)
+    nodes = {
+        name: node for name, node in walk(tree, tied=True) if isinstance(node, (_Variable, TiedTo))
+    }
+    source, transpose = _follow(nodes, target, source, transpose)
+    tgt = nodes.get(target)
+    if isinstance(tgt, TiedTo):
+        if (tgt.source_name(target), tgt.transpose) == (source, transpose):
+            return tree  # declared again: nothing changes
+        existing = _shown(tgt.source_name(target), tgt.transpose)
+        raise ValueError(
+            f"jp.tie: target {target} is already tied to {existing}; a name holds one tie. "
+            "Start from the untied model (jp.untie) to tie it differently"
+        )
+    _check_pair(tree, nodes, target, source, transpose)
+    tree = _repoint(tree, nodes, target, source, transpose)
+    placeholder = TiedTo(source, target, transpose)
+    tree = _surgery._update(tree, target.split("."), lambda _: placeholder, target)
+    if isinstance(tree, _module.Module):
+        cls = _tied_class(type(tree))
+        if type(tree) is not cls:
+            out = object.__new__(cls)
+            out.__dict__.update(tree.__dict__)
+            tree = out
+    return tree
+
+
+def _shown(name: str, transpose: bool) -> str:
+    return f"{name}.T" if transpose else name
+
+
+def _check_tie_args(target: Any, source: Any, transpose: Any) -> bool:
     for what, value in (("target", target), ("source", source)):
         if not isinstance(value, str) or not value:
             raise TypeError(f"jp.tie: {what} must be a parameter name, got {value!r}")
     if not isinstance(transpose, (bool, np.bool_)):
         raise TypeError(f"jp.tie: transpose must be a bool, got {transpose!r}")
-    transpose = bool(transpose)
     if target == source:
         raise ValueError(f"jp.tie: cannot tie {target!r} to itself")
-    nodes = {
-        name: node for name, node in walk(tree, tied=True) if isinstance(node, (_Variable, TiedTo))
-    }
-    src = nodes.get(source)
-    if isinstance(src, TiedTo):  # tie to what the source is tied to
-        source, transpose = src.source_name(source), transpose != src.transpose
-        src = nodes.get(source)
-    tgt = nodes.get(target)
+    return bool(transpose)
+
+
+def _follow(nodes: Mapping[str, Any], target: str, source: str, transpose: bool):
+    """The Parameter ``source`` stands for, following ties; refuses a cycle back to target."""
+    path = [source]
+    while isinstance(nodes.get(source), TiedTo):
+        node = nodes[source]
+        source, transpose = node.source_name(source), transpose != node.transpose
+        if source == target or source in path:
+            cycle = " -> ".join([target, *path, source])
+            raise ValueError(
+                f"jp.tie: tying {target} to {path[0]} would make a cycle ({cycle}): "
+                f"{path[-1]} is already tied to {source}, so {target} and {path[0]} already "
+                "share one parameter. Keep the existing tie, or jp.untie the model first"
+            )
+        path.append(source)
+    return source, transpose
+
+
+def _check_pair(
+    tree: Any, nodes: Mapping[str, Any], target: str, source: str, transpose: bool
+) -> None:
+    src, tgt = nodes.get(source), nodes.get(target)
     params = [n for n, x in nodes.items() if isinstance(x, Parameter)]
     sample = ", ".join(params[:8]) + (", ..." if len(params) > 8 else "")
     for what, name, node in (("source", source, src), ("target", target, tgt)):
-        if isinstance(node, TiedTo):
-            raise ValueError(
-                f"jp.tie: {what} {name} is already tied to {node.source_name(name)}; "
-                "start from the untied model (jp.untie) to tie it differently"
-            )
         if not isinstance(node, Parameter):
             found = "no such name" if node is None else f"a {type(node).__name__}"
             raise KeyError(
@@ -345,21 +398,25 @@ def tie(tree: T, target: str, source: str, *, transpose: bool = False) -> T:
             f"jp.tie: transpose=True needs a 2-D source, but {source} is {dtype_shape(src)}"
         )
     want = tuple(src.shape)[::-1] if transpose else tuple(src.shape)
-    shown = f"{source}.T" if transpose else source
     if tuple(tgt.shape) != want or tgt.dtype != src.dtype:
         raise ValueError(
-            f"jp.tie: {target} is {dtype_shape(tgt)} but {shown} is "
+            f"jp.tie: {target} is {dtype_shape(tgt)} but {_shown(source, transpose)} is "
             f"{dtype_shape(jax.ShapeDtypeStruct(want, src.dtype))}; a tie shares one array, "
             "so shapes and dtypes must match (transpose=True for a transposed tie)"
         )
-    placeholder = TiedTo(source, target, transpose)
-    tree = _surgery._update(tree, target.split("."), lambda _: placeholder, target)
-    if isinstance(tree, _module.Module):
-        cls = _tied_class(type(tree))
-        if type(tree) is not cls:
-            out = object.__new__(cls)
-            out.__dict__.update(tree.__dict__)
-            tree = out
+
+
+def _repoint(tree: T, nodes: Mapping[str, Any], target: str, source: str, transpose: bool) -> T:
+    """``tree`` with every name tied to ``target`` tied to ``source`` instead."""
+    for name, node in nodes.items():
+        if not isinstance(node, TiedTo) or node.source_name(name) != target:
+            continue
+        # Keep the names relative to the module the tie was declared on where they fit in it.
+        scope = "" if name == node.target else name[: -len(node.target) - 1]
+        inside = not scope or source.startswith(scope + ".")
+        rel = source[len(scope) + 1 :] if scope and inside else source
+        new = TiedTo(rel, node.target if inside else name, transpose != node.transpose)
+        tree = _surgery._update(tree, name.split("."), lambda _, p=new: p, name)
     return tree
 
 

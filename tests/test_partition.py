@@ -15,7 +15,7 @@ class Model(jp.Module):
     encoder: Block
     head: Linear
     frozen_emb: jp.Parameter
-    plain: jax.Array
+    plain: jax.Array = jp.field(plain_arrays=True)
     nothing: None
 
     def __init__(self):
@@ -165,7 +165,7 @@ def test_grad_through_merge_only_for_the_trainable_part():
     # loss = sum(head.W @ h + head.b) + const: d/d head.bias = 1, d/d head.weight = h per row
     h = m.encoder.fc(x) * m.encoder.scale.value + m.frozen_emb.value[0]
     chex.assert_trees_all_close(grads["head.bias"], jnp.ones(3))
-    chex.assert_trees_all_close(grads["head.weight"], jnp.tile(h, (3, 1)), rtol=1e-6)
+    chex.assert_trees_all_close(grads["head.weight"], jnp.tile(h, (3, 1)), rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(grads["encoder.norm.weight"], jnp.zeros(2))  # unused: zero
 
 
@@ -208,3 +208,53 @@ def test_split_works_on_plain_pytrees():
     assert rest["w"] is tree["w"]
     _assert_same_tree(jp.merge(params, rest), tree)
     assert _leaves(jp.merge(params, rest))[0] is not None
+
+
+# -- merge checks every value against the leaf it replaces ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (jnp.ones(1), r"head.bias: expected float32\[3\], got float32\[1\]"),
+        (jnp.ones(()), r"head.bias: expected float32\[3\], got float32\[\]"),
+        (jnp.ones((1, 3)), r"head.bias: expected float32\[3\], got float32\[1, 3\]"),
+        (jnp.ones(3, jnp.int32), r"head.bias: expected float32\[3\], got int32\[3\]"),
+        (jnp.ones(3, jnp.bfloat16), r"head.bias: expected float32\[3\], got bfloat16\[3\]"),
+        ("abc", r"head.bias: expected an array float32\[3\], got str 'abc'"),
+        (None, r"head.bias: expected an array float32\[3\], got NoneType"),
+        ([1.0, 2.0, 3.0], r"head.bias: expected an array float32\[3\], got list"),
+    ],
+)
+def test_merge_refuses_a_value_of_another_shape_or_dtype_naming_it(value, match):
+    params, rest = jp.split(Model(), jp.trainable)
+    with pytest.raises(ValueError, match=r"merge never casts or broadcasts.*\n  " + match):
+        jp.merge({**params, "head.bias": value}, rest)
+
+
+def test_merge_reports_every_wrong_value_and_checks_under_jit_at_trace_time_only():
+    m = Model()
+    params, _, rest = jp.split(m, jp.trainable, jax.Array)
+    bad = {k: jnp.zeros(7) for k in params}
+    with pytest.raises(ValueError) as info:
+        jp.merge(bad, {"plain": jnp.arange(3.0)}, rest)
+    assert str(info.value).count("expected float32") == len(params)
+    with pytest.raises(ValueError, match=r"plain: expected float32\[3\], got float32\[4\]"):
+        jp.merge(params, {"plain": jnp.arange(4.0)}, rest)
+    with pytest.raises(ValueError, match="head.bias: expected"):
+        jax.jit(lambda p: jp.merge(p, {"plain": m.plain}, rest))(
+            {**params, "head.bias": jnp.ones(1)}
+        )
+    # The check adds no operation to the computation: merging is free at run time.
+    jaxpr = jax.make_jaxpr(lambda p: jp.merge(p, {"plain": m.plain}, rest))(params)
+    assert jaxpr.eqns == []
+    # Abstract values (jax.eval_shape) of the right shape pass.
+    out = jax.eval_shape(lambda p: jp.merge(p, {"plain": m.plain}, rest), params)
+    assert out.head.bias.value.shape == (3,)
+
+
+def test_merge_with_something_else_in_place_of_the_rest_says_so():
+    params, _ = jp.split(Model(), jp.trainable)
+    for rest in (None, "rest", {"head.bias": 1}):
+        with pytest.raises(TypeError, match="the last argument should be the rest from jp.split"):
+            jp.merge(params, rest)

@@ -1,5 +1,7 @@
 """Names and walks: named_parameters/buffers/children/modules, methods and free functions."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -101,7 +103,14 @@ def test_named_children():
     assert [n for n, _ in net.blocks[0].named_children()] == ["fc", "norm"]
     assert list(net.head.children()) == []
     t = tied()
-    assert [n for n, _ in t.named_children()] == ["a"]  # the shared child once
+    # A layer shared by reference is tied parameter by parameter at construction, so the two
+    # places hold two modules (b's parameters are placeholders for a's): both are children.
+    assert [n for n, _ in t.named_children()] == ["a", "b"]
+    assert jp.ties(t) == {
+        "w2": ("w", False),
+        "b.weight": ("a.weight", False),
+        "b.bias": ("a.bias", False),
+    }
 
 
 def test_named_children_through_dicts_and_tuples():
@@ -133,7 +142,7 @@ def test_named_modules_root_first_pre_order():
 
 def test_named_modules_remove_duplicate():
     t = tied()
-    assert [n for n, _ in t.named_modules()] == ["", "a"]
+    assert [n for n, _ in t.named_modules()] == ["", "a", "b"]  # two modules, tied parameters
     assert [n for n, _ in t.named_modules(remove_duplicate=False)] == ["", "a", "b"]
 
 
@@ -182,7 +191,11 @@ def test_torch_tied_weights_naming_parity():
     tt, t = TTied(), tied()
     for kw in ({}, {"remove_duplicate": False}):
         assert [n for n, _ in t.named_parameters(**kw)] == [n for n, _ in tt.named_parameters(**kw)]
-    assert [n for n, _ in t.named_modules()] == [n for n, _ in tt.named_modules()]
+    # Modules differ: PyTorch lists the shared layer once, jparam holds two tied modules.
+    assert [n for n, _ in t.named_modules(remove_duplicate=False)] == [
+        n for n, _ in tt.named_modules(remove_duplicate=False)
+    ]
+    assert list(t.state_dict()) == list(tt.state_dict())
 
 
 # -- free functions on arbitrary pytrees -------------------------------------------------------
@@ -271,7 +284,7 @@ def test_map_variables():
 
     class WithArray(jp.Module):
         w: jp.Parameter
-        plain: jax.Array
+        plain: jax.Array = jp.field(plain_arrays=True)
 
     m = WithArray(jp.Parameter(1.0), jnp.ones(2))
     assert [n for n, _ in _collect(m, arrays=False)] == ["w"]
@@ -282,3 +295,88 @@ def _collect(tree, arrays):
     seen = []
     jp.map_variables(tree, lambda n, x: seen.append((n, x)) or x, arrays=arrays)
     return seen
+
+
+# -- names are unique and well formed ----------------------------------------------------------
+
+
+class Holds(jp.Module):
+    d: dict
+
+
+def _colliding():
+    # "a.b" and "a" -> "b" both name their layer "d.a.b": 4 arrays, 2 names.
+    return Holds({"a.b": Linear(2, 2), "a": {"b": Linear(2, 2)}})
+
+
+def test_colliding_names_raise_in_every_walk_naming_both_paths(tmp_path):
+    model = _colliding()
+    assert len(jax.tree.leaves(model)) == 4
+    both = r"both named 'd.a.b': .d\['a'\]\['b'\] and .d\['a.b'\]\. Names join keys"
+    for walk in (
+        lambda: list(model.named_parameters()),
+        lambda: list(model.named_parameters(remove_duplicate=False)),
+        lambda: list(model.named_modules()),
+        lambda: model.state_dict(),
+        lambda: model.load_state_dict({}),
+        lambda: jp.split(model, jp.trainable),
+        lambda: model.num_parameters(),
+    ):
+        with pytest.raises(ValueError, match=r"two different entries are both named"):
+            walk()
+    with pytest.raises(ValueError, match=both):
+        model.state_dict()
+    with pytest.raises(ValueError, match=r"split: two different entries are both named 'd.a.b"):
+        jp.split(model, jp.trainable)
+    # jp.save refuses before touching the file that is there.
+    path = tmp_path / "m.safetensors"
+    jp.save(path, {"x": jnp.ones(2)})
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match="both named"):
+        jp.save(path, model)
+    assert path.read_bytes() == before
+
+
+def test_colliding_buffer_and_module_names_and_named_children():
+    class WithBuffer(jp.Module):
+        stats: jp.Buffer
+
+    model = Holds({"n.stats": jp.Buffer(jnp.ones(1)), "n": WithBuffer(jp.Buffer(jnp.zeros(1)))})
+    with pytest.raises(ValueError, match=r"both named 'd.n.stats'"):
+        list(model.named_buffers())
+    twins = Holds({"x.y": Linear(1, 1), "x": {"y": Linear(1, 1)}})
+    with pytest.raises(ValueError, match=r"both named 'd.x.y'"):
+        list(twins.named_children())
+
+
+def test_dotted_and_int_keys_are_fine_when_names_do_not_collide(tmp_path):
+    model = Holds({"a.b": Linear(2, 2), "c": Linear(2, 2)})
+    assert list(model.state_dict()) == ["d.a.b.weight", "d.a.b.bias", "d.c.weight", "d.c.bias"]
+    assert jp.at(model, "d.a.b.weight").get() is model.d["a.b"].weight
+    new = jp.at(model, "d.a.b.bias").set(jnp.full(2, 3.0))
+    assert float(new.d["a.b"].bias.value[0]) == 3.0
+    jp.save(tmp_path / "m.safetensors", new)
+    back = jp.load(tmp_path / "m.safetensors", like=model)
+    chex.assert_trees_all_equal(back.state_dict(), new.state_dict())
+    tied = jp.tie(model, "d.c.weight", "d.a.b.weight")
+    assert jp.ties(tied) == {"d.c.weight": ("d.a.b.weight", False)}
+    ints = Holds({0: Linear(1, 1), 1: Linear(1, 1)})
+    assert list(ints.state_dict()) == ["d.0.weight", "d.0.bias", "d.1.weight", "d.1.bias"]
+    assert jp.at(ints, "d.1.bias").get() is ints.d[1].bias
+
+
+@pytest.mark.parametrize("key", [(1, 2), 1.5, True, "", None, b"k"])
+def test_dict_keys_that_cannot_be_names_are_refused(key):
+    # PyTorch names are strings; jparam also takes ints (named like list indices). A key that
+    # is neither has no name a state_dict could hold: refused wherever a name is made.
+    model = Holds({key: Linear(1, 1)})
+    for walk in (
+        lambda: list(model.named_parameters()),
+        lambda: model.state_dict(),
+        lambda: jp.split(model, jp.trainable),
+    ):
+        with pytest.raises(TypeError, match=rf"dict key {re.escape(repr(key))}, which cannot be"):
+            walk()
+    # Nothing named under such keys: nothing to refuse.
+    plain = Holds({(1, 2): None})
+    assert list(plain.state_dict()) == []

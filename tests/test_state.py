@@ -270,3 +270,72 @@ def test_load_state_dict_into_an_abstract_model_never_initialises_weights():
     chex.assert_trees_all_close(model(jnp.ones((1, 4))), jnp.array([[4.0, 5.0, 6.0]]))
     with pytest.raises(jp.StateDictError, match=r"0.weight: shape mismatch"):
         abstract.load_state_dict({**state, "0.weight": np.ones((4, 3), np.float32)})
+
+
+# -- every per-key problem joins the one report ---------------------------------------------------
+
+
+def _bad_state(net):
+    state = _np_state(net)
+    del state["head.bias"]
+    state["extra"] = np.ones(1)
+    state["head.weight"] = np.ones((1, 4), np.float32)  # shape
+    state["blocks.0.step"] = np.array(2**40, np.int64)  # outside int32 without x64: the repro
+    state["blocks.1.step"] = 2**70  # a Python int no integer dtype holds
+    state["blocks.0.norm.num_batches_tracked"] = None
+    state["blocks.0.fc.bias"] = "zeros"
+    state["blocks.1.fc.bias"] = [0.0] * 4  # a list is not an array: refused like a string
+    state["embed"] = jax.ShapeDtypeStruct(net.embed.shape, net.embed.dtype)  # abstract
+    return state
+
+
+PER_KEY = [
+    "head.weight: shape mismatch, expected (2, 4), got (1, 4)",
+    "blocks.0.step",
+    "outside the int32 range",
+    "blocks.1.step",
+    "state_dict['blocks.0.norm.num_batches_tracked'] must be an array",
+    "state_dict['blocks.0.fc.bias'] must be an array",
+    "state_dict['blocks.1.fc.bias'] must be an array",
+    "embed: got an abstract value (f32[",
+]
+
+
+def test_overflow_abstract_and_junk_values_join_the_report_with_missing_and_unexpected_keys():
+    net = Net()
+    with pytest.raises(jp.StateDictError) as e:
+        net.load_state_dict(_bad_state(net))
+    msg = str(e.value)
+    assert msg.startswith("9 error(s) loading state_dict into Net:"), msg
+    for piece in ("missing key: head.bias", "unexpected key: extra", *PER_KEY):
+        assert piece in msg, piece
+    with pytest.raises(jp.StateDictError) as e:
+        net.load_state_dict(_bad_state(net), strict=False)
+    msg = str(e.value)
+    assert msg.startswith("7 error(s) loading state_dict into Net:") and "missing" not in msg
+    assert all(piece in msg for piece in PER_KEY)
+
+
+def test_abstract_values_load_only_into_an_abstract_model():
+    lin = Linear(2, 3)
+    abstract_state = jax.eval_shape(lambda: dict(lin.state_dict()))
+    with pytest.raises(jp.StateDictError, match=r"weight: got an abstract value \(f32\[3,2\]"):
+        lin.load_state_dict(abstract_state)
+    tied = jp.tie({"a": Linear(2, 2), "b": Linear(2, 2)}, "b.weight", "a.weight")
+    with pytest.raises(jp.StateDictError, match=r"b.weight: got an abstract value"):
+        jp.load_state_dict(
+            tied, {"b.weight": jax.ShapeDtypeStruct((2, 2), jnp.float32)}, strict=False
+        )
+    abstract = jax.eval_shape(lambda: Linear(2, 3))
+    again = abstract.load_state_dict(abstract_state)
+    assert isinstance(again.weight.value, jax.ShapeDtypeStruct)
+
+
+def test_a_pytorch_meta_tensor_joins_the_report_naming_its_key():
+    torch = pytest.importorskip("torch")
+    lin = Linear(2, 3)
+    state = {"weight": torch.empty(3, 2, device="meta"), "bias": np.ones(4, np.float32)}
+    with pytest.raises(jp.StateDictError) as e:
+        lin.load_state_dict(state)
+    msg = str(e.value)
+    assert msg.startswith("2 error(s)") and "weight" in msg and "bias: shape mismatch" in msg

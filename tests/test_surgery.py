@@ -3,7 +3,10 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jparam as jp
 
@@ -85,8 +88,9 @@ def test_apply():
     out = jp.at(m, "blocks.2.fc.weight").apply(lambda w: w * 10)
     chex.assert_trees_all_equal(out.blocks[2].fc.weight.value, jnp.full((2, 2), 30.0))
     chex.assert_trees_all_equal(m.blocks[2].fc.weight.value, jnp.full((2, 2), 3.0))
-    out = jp.at(m, "blocks.0").apply(lambda b: b.replace(proj=b.fc))
-    assert out.blocks[0].proj is m.blocks[0].fc
+    new_proj = Fc(2, 5.0)
+    out = jp.at(m, "blocks.0").apply(lambda b: b.replace(proj=new_proj))
+    assert out.blocks[0].proj is new_proj and out.blocks[0].fc is m.blocks[0].fc
 
 
 def test_raw_array_set_on_a_parameter_keeps_flag_and_metadata():
@@ -123,9 +127,15 @@ def test_glob_selects_several():
     out = jp.at(m, "blocks.*.fc").apply(lambda fc: fc.replace(bias=None))
     assert [b.fc.bias is None for b in out.blocks] == [True, True, True]
     assert all(b.proj.bias is not None for b in out.blocks)
-    out = jp.at(m, "*.bias").set(jnp.full(2, 7.0))
+    # One raw array for biases of two shapes: pair.*.bias is (1,), refused, never broadcast.
+    with pytest.raises(
+        ValueError, match=r"pair.0.bias: shape mismatch, expected \(1,\), got \(2,\)"
+    ):
+        jp.at(m, "*.bias").set(jnp.full(2, 7.0))
+    out = jp.at(m, "*.bias").apply(lambda b: jnp.full(b.shape, 7.0))
     assert float(out.blocks[1].proj.bias.value[0]) == 7.0
     assert float(out.heads["reg"].bias.value[1]) == 7.0
+    assert out.pair[0].bias.shape == (1,) and float(out.pair[0].bias.value[0]) == 7.0
 
 
 def test_glob_keeps_outermost_matches():
@@ -246,3 +256,112 @@ def test_freeze_unchanged_parameters_are_shared():
     f = m.freeze("heads")
     assert f.blocks[0].fc.weight is m.blocks[0].fc.weight
     assert f.freeze("heads").heads["cls"].weight.trainable is False
+
+
+# -- a raw value is a value update: shape and dtype kind stay -----------------------------------
+
+
+class Lin(jp.Module):
+    weight: jp.Parameter
+    bias: jp.Parameter
+    count: jp.Buffer
+    scalar: jp.Parameter
+
+    def __init__(self):
+        self.weight = jp.Parameter(jnp.ones((2, 3)))
+        self.bias = jp.Parameter(jnp.zeros(2))
+        self.count = jp.Buffer(jnp.array(0, jnp.int32))
+        self.scalar = jp.Parameter(jnp.array(1.0))
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("bias", jnp.ones(1), r"bias: shape mismatch, expected \(2,\), got \(1,\)"),  # the repro
+        ("bias", jnp.ones((1, 2)), r"bias: shape mismatch, expected \(2,\), got \(1, 2\)"),
+        ("bias", 1.0, r"bias: shape mismatch, expected \(2,\), got \(\)"),
+        ("scalar", jnp.ones(1), r"scalar: shape mismatch, expected \(\), got \(1,\)"),
+        (
+            "bias",
+            jnp.ones(2, jnp.int32),
+            "bias: dtype mismatch, expected floating float32, got integer int32",
+        ),
+        ("count", jnp.array(1.5), "count: dtype mismatch, expected integer int32, got floating"),
+        ("weight", jnp.ones((3, 2)), r"weight: shape mismatch, expected \(2, 3\), got \(3, 2\)"),
+    ],
+)
+def test_setting_a_raw_array_of_another_shape_or_kind_names_path_expected_and_got(
+    name, value, match
+):
+    m = Lin()
+    with pytest.raises(ValueError, match=match + ".*set a new jp.Parameter"):
+        jp.at(m, name).set(value)
+    with pytest.raises(ValueError, match=match):
+        jp.at(m, name).apply(lambda _: value)
+    with pytest.raises(ValueError, match=match):  # inside jit too, at trace time
+        jax.jit(lambda m, v: jp.at(m, name).set(v))(m, value)
+
+
+@pytest.mark.parametrize("value", ["abc", [1.0, 2.0], {"x": 1}, object()])
+def test_setting_junk_on_a_parameter_is_a_type_error_naming_the_path(value):
+    with pytest.raises(TypeError, match=r"the value set at 'bias' must be an array"):
+        jp.at(Lin(), "bias").set(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.arange(2, dtype=np.float64),
+        np.arange(2, dtype=np.float16),
+        jnp.arange(2, dtype=jnp.bfloat16),
+    ],
+)
+def test_set_casts_within_the_kind_exactly_as_load_state_dict_does(value):
+    m = Lin()
+    by_set = jp.at(m, "bias").set(value).bias
+    by_load = m.load_state_dict({"bias": value}, strict=False)[0].bias
+    assert by_set.dtype == by_load.dtype == jnp.float32 and by_set.shape == (2,)
+    np.testing.assert_array_equal(np.asarray(by_set.value), np.asarray(by_load.value))
+    np.testing.assert_array_equal(np.asarray(by_set.value), np.asarray(value, np.float32))
+
+
+@settings(max_examples=30)
+@given(
+    shape=st.sampled_from([(), (1,), (2,), (1, 2), (2, 1)]),
+    dtype=st.sampled_from(["float32", "float16", "int32", "int8", "bool", "complex64"]),
+)
+def test_property_set_and_load_state_dict_accept_and_refuse_the_same_values(shape, dtype):
+    m = Lin()
+    value = np.ones(shape, dtype)
+    outcomes = []
+    for put in (
+        lambda: jp.at(m, "bias").set(value).bias,
+        lambda: m.load_state_dict({"bias": value}, strict=False)[0].bias,
+    ):
+        try:
+            outcomes.append(np.asarray(put().value))
+        except ValueError:
+            outcomes.append(None)
+    ok = shape == (2,) and dtype in ("float32", "float16")
+    assert (outcomes[0] is not None) == (outcomes[1] is not None) == ok
+    if ok:
+        np.testing.assert_array_equal(outcomes[0], outcomes[1])
+
+
+def test_setting_a_new_parameter_or_none_is_an_explicit_replacement():
+    m = Lin()
+    wider = jp.at(m, "bias").set(jp.Parameter(jnp.ones(5, jnp.bfloat16)))
+    assert wider.bias.shape == (5,) and wider.bias.dtype == jnp.bfloat16
+    half = jp.at(m, "weight").apply(lambda w: w.astype(jnp.bfloat16))
+    assert half.weight.dtype == jnp.bfloat16
+    assert jp.at(m, "bias").set(None).bias is None
+
+
+def test_get_set_apply_with_bad_selectors():
+    m = Lin()
+    with pytest.raises(KeyError, match=r"no 'nope' in the root while resolving 'nope'.*bias"):
+        jp.at(m, "nope").get()
+    with pytest.raises(KeyError, match=r"selects nothing"):
+        jp.at(m, "x*").set(jnp.ones(2))
+    with pytest.raises(TypeError):
+        jp.at(m, None)
