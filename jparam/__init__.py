@@ -10,7 +10,7 @@ from .checkpoint import latest_step, load_checkpoint, save_checkpoint
 from .constraints import parametrize, project
 from .filters import Filter, as_filter, frozen, is_buffer, is_parameter, name, trainable
 from .logger import TensorBoardLogger
-from .module import Module, field
+from .module import Module, PlainArrayWarning, field
 from .monitoring import NonFinite, check_finite, first_nonfinite, global_norm, stats
 from .optim import Optimizer
 from .parameter import Buffer, Parameter, to_array
@@ -52,6 +52,7 @@ __all__ = [
     "NonFinite",
     "Optimizer",
     "Parameter",
+    "PlainArrayWarning",
     "SaveInfo",
     "StateDictError",
     "TensorBoardLogger",

@@ -465,7 +465,7 @@ def value_and_grad(
         )
 
     @functools.wraps(fn)
-    def wrapped(model: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapped(model: Any, /, *args: Any, **kwargs: Any) -> Any:
         _check_master_weights(model, policy)
         params, rest = split(model, trainable)
         if cast_inputs:

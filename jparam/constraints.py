@@ -406,7 +406,7 @@ def weight_norm(dim: int | None = 0) -> Parametrization:
 class _SpectralNorm(Parametrization):
     u: Buffer | None
     v: Buffer | None
-    key: jax.Array | None
+    key: jax.Array | None = field(plain_arrays=True)  # a PRNG key (legacy uint32 ones too)
     n_power_iterations: int = field(static=True)
     eps: float = field(static=True)
     dim: int = field(static=True)

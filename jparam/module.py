@@ -22,11 +22,17 @@ Example::
 
 Unflattening (what ``jax.jit`` does to every output) never runs ``__init__``: it fills the
 instance dict directly, so user code in ``__init__`` may be arbitrary.
+
+At the end of construction one identity walk over the new module keeps PyTorch's habits honest:
+the same Parameter object (or the same layer) at two places is tied, as ``jp.tie`` would tie
+it; a module that contains itself or a shared Buffer is refused; and an array that is neither a
+Parameter nor a Buffer draws a `PlainArrayWarning` (it is not named, saved or trained).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any, ClassVar, TypeVar
 
@@ -34,25 +40,42 @@ import jax
 import numpy as np
 from jax import tree_util
 
-from .parameter import Buffer, Parameter
+from .filters import trainable_size
+from .parameter import Buffer, Parameter, _Variable, dtype_shape
 
-__all__ = ["Module", "field"]
+__all__ = ["Module", "PlainArrayWarning", "field"]
 
 M = TypeVar("M", bound="Module")
 _new = object.__new__
 _STATIC = "jparam_static"
 _INLINE = "jparam_inline"
+_PLAIN = "jparam_plain_arrays"
 _TRAINING = "training"
 # ids of module instances whose __init__ is running: only they accept attribute assignment.
 _CONSTRUCTING: set[int] = set()
 
 
-def field(*, static: bool = False, inline: bool = False, **kwargs: Any) -> Any:
+class PlainArrayWarning(UserWarning):
+    """A module holds an array that is neither a `Parameter` nor a `Buffer`.
+
+    As in PyTorch such an array is not a parameter: ``named_parameters``, ``state_dict``,
+    ``jp.save`` and optimizers never see it (``jax.jit`` still traces it). Warned once per class
+    and field; declare the field ``jp.field(plain_arrays=True)`` when that is what you mean, or
+    ``warnings.filterwarnings("ignore", category=jp.PlainArrayWarning)``.
+    """
+
+
+def field(
+    *, static: bool = False, inline: bool = False, plain_arrays: bool = False, **kwargs: Any
+) -> Any:
     """Declares a module field; ``static=True`` puts it in the treedef (hyperparameters).
 
     ``inline=True`` (for one list or tuple field) names its items directly under the module,
     ``0``, ``1``, ... instead of ``field.0``: PyTorch's ``nn.Sequential``/``nn.ModuleList``
     naming, so their ``state_dict`` keys load unchanged.
+
+    ``plain_arrays=True`` says the field holds arrays on purpose that are neither Parameters nor
+    Buffers (a mask, a loss scale, an Equinox layer): no `PlainArrayWarning` for it.
 
     Takes ``dataclasses.field``'s keyword arguments (``default``, ``default_factory``, ...).
     Static values must be hashable: they are compared on every ``jax.jit`` cache lookup.
@@ -62,6 +85,7 @@ def field(*, static: bool = False, inline: bool = False, **kwargs: Any) -> Any:
     metadata = dict(kwargs.pop("metadata", None) or {})
     metadata[_STATIC] = static
     metadata[_INLINE] = inline
+    metadata[_PLAIN] = plain_arrays
     return dataclasses.field(metadata=metadata, **kwargs)
 
 
@@ -122,6 +146,7 @@ def unflatten(aux, children):
     cls._jp_dynamic = dynamic
     cls._jp_static = static[:-1]
     cls._jp_inline = inline_name
+    cls._jp_plain_ok = frozenset(f.name for f in fields if f.metadata.get(_PLAIN, False))
     tree_util.register_pytree_with_keys(
         cls,
         namespace["flatten_with_keys"],
@@ -133,7 +158,7 @@ def unflatten(aux, children):
 class _ModuleMeta(type):
     """Makes every subclass a registered dataclass and runs ``__init__`` with assignment open."""
 
-    def __new__(mcs, name, bases, namespace, **kwargs):
+    def __new__(mcs, name, bases, namespace, /, **kwargs):
         cls = super().__new__(mcs, name, bases, namespace, **kwargs)
         custom_init = "__init__" in namespace or any(
             getattr(b, "_jp_custom_init", False) for b in bases
@@ -149,7 +174,7 @@ class _ModuleMeta(type):
         _register(cls)
         return cls
 
-    def __call__(cls, *args, **kwargs):
+    def __call__(cls, /, *args, **kwargs):
         obj = cls.__new__(cls)
         key = id(obj)
         _CONSTRUCTING.add(key)
@@ -157,11 +182,15 @@ class _ModuleMeta(type):
             obj.__init__(*args, **kwargs)
         finally:
             _CONSTRUCTING.discard(key)
-        _finish_construction(obj)
-        return obj
+        return _finish_construction(obj)
 
 
-def _finish_construction(obj: Module) -> None:
+def _finish_construction(obj: Module) -> Module:
+    """Fills defaults, checks every field, and ties Parameters found at two places.
+
+    Returns ``obj``, or its tied version (see `jparam.tying`) when it holds one Parameter or
+    layer at two or more paths, which in PyTorch is weight tying.
+    """
     cls = type(obj)
     d = obj.__dict__
     missing = []
@@ -184,8 +213,119 @@ def _finish_construction(obj: Module) -> None:
         _check_inline(cls, cls._jp_inline, d[cls._jp_inline])
     for name in cls._jp_static:
         _check_static(cls, name, d[name])
+    # Before anything flattens the fields: a cycle would crash the interpreter.
+    shared = _Scan(cls, obj).run({n: d[n] for n in cls._jp_dynamic})
     for name in cls._jp_dynamic:
         _check_dynamic(cls, name, d[name])
+    for later, first in shared:
+        obj = _tying.tie(obj, later, first)
+    return obj
+
+
+def _plain_array(x: Any) -> bool:
+    """An array leaf that is neither a Parameter nor a Buffer (PRNG keys excluded)."""
+    if not isinstance(x, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)):
+        return False
+    return not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+class _Scan:
+    """One identity walk of a module being built, or of the values given to ``replace``.
+
+    Refuses cycles (a module or container that contains itself, which no pytree walk survives).
+    For a module being built it also refuses shared Buffers, collects the ``(later, first)``
+    names of each Parameter found at two or more paths, and warns once per class and field about
+    plain arrays in the module's own fields (those inside a child Module were its own
+    constructor's business). Names are `jparam.paths.walk`'s, so they are what `jp.tie` takes.
+    """
+
+    __slots__ = ("cls", "on_path", "plain", "root", "seen", "shared")
+
+    def __init__(self, cls: type, root: Module | None) -> None:
+        """``root``: the module being built; ``None`` checks values for cycles only."""
+        self.cls = cls
+        self.root = id(root)
+        # the containers between the root and the current node
+        self.on_path = set() if root is None else {self.root}
+        # id of each Parameter/Buffer -> its first name (None: nothing is being built)
+        self.seen: dict[int, str] | None = None if root is None else {}
+        self.shared: list[tuple[str, str]] = []
+        self.plain: dict[str, list[str]] = {}  # field -> plain arrays in it, named and shaped
+
+    def run(self, fields: dict[str, Any]) -> list[tuple[str, str]]:
+        """Walks ``{field name: value}``; returns the shared Parameters' ``(later, first)``."""
+        cls = self.cls
+        for name, value in fields.items():
+            own = self.seen is not None and name not in cls._jp_plain_ok
+            if name == cls._jp_inline and type(value) in (list, tuple):
+                for i, item in enumerate(value):
+                    self.visit(item, str(i), name, own)
+            else:
+                self.visit(value, name, name, own)
+        if self.plain:
+            self.warn()
+        return self.shared
+
+    def visit(self, node: Any, name: str, field: str, own: bool) -> None:
+        if isinstance(node, _Variable):
+            first = name if self.seen is None else self.seen.setdefault(id(node), name)
+            if first is not name:
+                self.repeated(node, name, first)
+            return
+        if node is None or isinstance(node, (jax.Array, np.ndarray, jax.ShapeDtypeStruct)):
+            if own and node is not None and _plain_array(node):
+                self.plain.setdefault(field, []).append(f"{name} {dtype_shape(node)}")
+            return
+        if id(node) in self.on_path:
+            self.cycle(node, name, field)
+        self.on_path.add(id(node))
+        own = own and not isinstance(node, Module)
+        for child_name, child in _paths.children(node):
+            self.visit(child, _paths.join(name, child_name), field, own)
+        self.on_path.discard(id(node))
+
+    def repeated(self, node: _Variable, name: str, first: str) -> None:
+        if isinstance(node, Parameter):
+            self.shared.append((name, first))
+            return
+        raise ValueError(
+            f"{self.cls.__name__}: {first} and {name} are the same jp.Buffer object (one buffer, "
+            "or one layer holding buffers, assigned at two places). Shared Parameters are tied "
+            "as in PyTorch, but a Buffer cannot be: each place would update its own copy after "
+            "jax.jit. Give each place its own layer or buffer."
+        )
+
+    def cycle(self, node: Any, name: str, field: str) -> None:
+        what = f"the {type(node).__name__} that contains it"
+        if id(node) == self.root:
+            what = f"the {self.cls.__name__} being built (itself)"
+        raise ValueError(
+            f"{self.cls.__name__}.{field} holds {what} at {name!r}: a module or container "
+            "cannot contain itself, directly or through a list, dict or submodule. Its tree "
+            "would be infinite and flattening it would crash the interpreter. Hold the parts "
+            "instead, and use `self` inside methods to reach the module itself."
+        )
+
+    def warn(self) -> None:
+        for field, names in self.plain.items():
+            key = (self.cls, field)
+            if key in _PLAIN_WARNED:
+                continue
+            _PLAIN_WARNED.add(key)
+            shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            warnings.warn(
+                f"{self.cls.__name__}.{field} holds plain arrays ({shown}), neither jp.Parameter "
+                "nor jp.Buffer: as in PyTorch they are not parameters, so named_parameters, "
+                "state_dict, jp.save and optimizers never see them. Wrap one in "
+                "jp.Parameter(...) to train it or jp.Buffer(...) to save it. If it is meant to "
+                f"stay plain, declare `{field}: ... = jp.field(plain_arrays=True)`, or "
+                'silence this: warnings.filterwarnings("ignore", category=jp.PlainArrayWarning).',
+                PlainArrayWarning,
+                stacklevel=5,
+            )
+
+
+_PLAIN_WARNED: set[tuple[type, str]] = set()
 
 
 def _check_static(cls: type, name: str, value: Any) -> None:
@@ -275,12 +415,15 @@ class Module(metaclass=_ModuleMeta):
         )
 
     # -- copies ---------------------------------------------------------------------------
-    def replace(self: M, **fields: Any) -> M:
+    def replace(self: M, /, **fields: Any) -> M:
         """Returns a copy with the given fields replaced (``__init__`` is not run again).
 
         Like ``dataclasses.replace`` but safe for modules with a custom ``__init__``::
 
             model = model.replace(head=nn.Linear(768, 10, key=key))
+
+        A value that contains itself is refused. Unlike construction, placing one Parameter or
+        layer at a second place here does not tie it: use `jp.tie` to tie names.
         """
         cls = type(self)
         unknown = [n for n in fields if n not in self.__dataclass_fields__ and n != _TRAINING]
@@ -290,13 +433,17 @@ class Module(metaclass=_ModuleMeta):
                 f"{cls.__name__}.replace() got unknown field(s) {', '.join(map(repr, unknown))}; "
                 f"fields are: {valid}"
             )
+        dynamic = [n for n in fields if n in cls._jp_dynamic]
         for name, value in fields.items():
-            if name in cls._jp_static or name == _TRAINING:
+            if name not in dynamic:
                 _check_static(cls, name, value)
-            else:
-                if name == cls._jp_inline:
-                    _check_inline(cls, name, value)
-                _check_dynamic(cls, name, value)
+            elif name == cls._jp_inline:
+                _check_inline(cls, name, value)
+        if dynamic:
+            # Before anything flattens the new values: a cycle would crash the interpreter.
+            _Scan(cls, None).run({n: fields[n] for n in dynamic})
+        for name in dynamic:
+            _check_dynamic(cls, name, fields[name])
         return self._copy_with(fields)
 
     def _copy_with(self: M, fields: dict[str, Any]) -> M:
@@ -349,8 +496,14 @@ class Module(metaclass=_ModuleMeta):
         return (m for _, m in self.named_modules())
 
     def num_parameters(self, trainable_only: bool = False) -> int:
-        """Counts parameter elements (each shared parameter once)."""
-        return sum(p.size for p in self.parameters() if p.trainable or not trainable_only)
+        """Counts parameter elements (each shared parameter once).
+
+        ``trainable_only`` counts the elements that train: of an `nn.Stacked` array with some
+        layers frozen, the rows of its trainable layers (what the unrolled layers would count).
+        """
+        if not trainable_only:
+            return sum(p.size for p in self.parameters())
+        return sum(trainable_size(p) for p in self.parameters())
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self, prefix: str = "", keep_vars: bool = False) -> dict[str, Any]:
@@ -449,3 +602,4 @@ from . import precision as _precision  # noqa: E402
 from . import state as _state  # noqa: E402
 from . import summary as _summary  # noqa: E402
 from . import surgery as _surgery  # noqa: E402
+from . import tying as _tying  # noqa: E402

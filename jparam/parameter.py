@@ -10,12 +10,19 @@ Example::
     b = jp.Parameter(jnp.zeros(3), trainable=False, axes=("embed",))
     y = x @ w + b                                   # behaves like an array
     w2 = w.freeze()                                 # new object; `w` is unchanged
+
+Like modules they are immutable (``w.value = x`` raises; ``w.replace(x)`` makes a copy), and a
+frozen Parameter or a Buffer contributes no gradient under any JAX transform: reading its value
+inside a trace (``.value``, operators, indexing, ``jnp`` functions) applies
+``jax.lax.stop_gradient``. Flattening still sees the raw array, so this costs nothing outside a
+trace and nothing at all on a jitted step's inputs and outputs.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Hashable, Mapping
+from dataclasses import FrozenInstanceError
 from typing import Any
 
 import jax
@@ -26,6 +33,8 @@ from jax import tree_util
 __all__ = ["Buffer", "Parameter", "to_array"]
 
 _new = object.__new__
+_Tracer = jax.core.Tracer
+_stop_gradient = jax.lax.stop_gradient
 _VALUE_KEY = (tree_util.GetAttrKey("value"),)
 
 # Metadata is interned so equal metadata is the same object: treedef equality (done on every
@@ -36,10 +45,11 @@ _INTERNED: dict[tuple, tuple] = {}
 def _intern_meta(trainable: bool | None, metadata: Mapping[str, Any]) -> tuple:
     for name, val in metadata.items():
         if not isinstance(val, Hashable):
+            hint = " (to change the value, pass it positionally: p.replace(x))"
             raise TypeError(
-                f"metadata {name}={val!r} is not hashable; metadata lives in the pytree "
+                f"metadata {name}={val!r:.80} is not hashable; metadata lives in the pytree "
                 "structure and must be hashable (use a tuple instead of a list, "
-                "a frozenset instead of a set)."
+                f"a frozenset instead of a set){hint if name == 'value' else ''}."
             )
     meta = (trainable, tuple(sorted(metadata.items())))
     try:
@@ -58,14 +68,44 @@ def _is_numeric_dtype(dtype: Any) -> bool:
     return jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)
 
 
+def can_train(dtype: Any) -> bool:
+    """Whether a parameter of ``dtype`` may be trainable: floating and complex only (PyTorch)."""
+    return jnp.issubdtype(dtype, jnp.inexact)
+
+
+def _trainable_flag(trainable: Any, value: Any, what: str) -> bool:
+    """The flag for a parameter holding ``value``: ``None`` means "trainable if it can be"."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:  # a placeholder held by library code: nothing to check
+        return True if trainable is None else bool(trainable)
+    if trainable is None:
+        return can_train(dtype)
+    if not isinstance(trainable, (bool, np.bool_)):
+        raise TypeError(f"trainable must be a bool (or None for the default), got {trainable!r}")
+    if trainable and not can_train(dtype):
+        raise TypeError(
+            f"{what} holds {dtype_shape(value)}: only floating and complex parameters can be "
+            "trainable (as in PyTorch, where integer tensors cannot require gradients). "
+            "Integer parameters are frozen by default; keep it frozen, use jp.Buffer for "
+            "integer state, or cast it to a floating dtype first to train it."
+        )
+    return bool(trainable)
+
+
 def _describe(value: Any) -> str:
     return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
-def _torch_to_numpy(value: Any) -> np.ndarray | None:
+def _torch_to_numpy(value: Any, what: str = "value") -> np.ndarray | None:
     """Converts a torch tensor (bfloat16 included) to NumPy without importing torch."""
     if type(value).__module__.split(".")[0] != "torch" or not hasattr(value, "detach"):
         return None
+    if getattr(value, "is_meta", False):
+        raise ValueError(
+            f"{what} has no data: it is a PyTorch tensor on the meta device (a model built "
+            "under torch.device('meta') or init_empty_weights). Give it values first, e.g. "
+            "module.to_empty(device='cpu') and load its weights, then convert it."
+        )
     value = value.detach().cpu()
     if str(value.dtype) == "torch.bfloat16":
         # NumPy has no bfloat16; widening to float32 and narrowing back is exact.
@@ -108,7 +148,7 @@ def to_array(value: Any, *, what: str = "value") -> Any:
         arr = np.asarray(value)
     elif hasattr(value, "__jax_array__"):
         return to_array(value.__jax_array__(), what=what)
-    elif (torch_arr := _torch_to_numpy(value)) is not None:
+    elif (torch_arr := _torch_to_numpy(value, what)) is not None:
         arr = torch_arr
     elif hasattr(value, "__array__") and not isinstance(value, (str, bytes)):
         arr = np.asarray(value)
@@ -149,11 +189,11 @@ def _binary(op):
 
 
 def _flatten(v: Any):
-    return (v.value,), v._meta
+    return (v._value,), v._meta
 
 
 def _flatten_with_keys(v: Any):
-    return ((_VALUE_KEY[0], v.value),), v._meta
+    return ((_VALUE_KEY[0], v._value),), v._meta
 
 
 def rebuild_variable(cls: type, meta: tuple, value: Any) -> Any:
@@ -162,52 +202,103 @@ def rebuild_variable(cls: type, meta: tuple, value: Any) -> Any:
     For library code (unflattening, `jp.merge`) whose value may be a tracer or a placeholder.
     """
     out = _new(cls)
-    out.value = value
+    out._value = value
     out._meta = meta
     return out
+
+
+def _unpickle(cls: type, trainable: bool | None, items: tuple, value: Any) -> Any:
+    return rebuild_variable(cls, _intern_meta(trainable, dict(items)), value)
 
 
 def _register(cls: type) -> None:
     def unflatten(meta, children, _cls=cls):
         out = _new(_cls)
-        (out.value,) = children
+        (out._value,) = children
         out._meta = meta
         return out
 
     tree_util.register_pytree_with_keys(cls, _flatten_with_keys, unflatten, flatten_func=_flatten)
 
 
+class _frozen(property):  # lower case: a decorator, like `property`
+    """A read-only property whose assignment or deletion says how to make a changed copy.
+
+    Immutability costs nothing where it matters: the private slots stay plain, so flattening
+    and unflattening (every jitted call) run as fast as for a mutable object.
+    """
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise FrozenInstanceError(_immutable(obj, self.fget.__name__, "set"))
+
+    def __delete__(self, obj: Any) -> None:
+        raise FrozenInstanceError(_immutable(obj, self.fget.__name__, "delete"))
+
+
+def _immutable(obj: Any, name: str, verb: str) -> str:
+    flag = "`p.freeze()`/`p.unfreeze()` or " if name in ("trainable", "requires_grad") else ""
+    return (
+        f"cannot {verb} {type(obj).__name__}.{name}: parameters and buffers are immutable, like "
+        f"modules. Make a changed copy instead: {flag}`p = p.replace(new_value)` (metadata "
+        '`p.replace(axes=...)`); in a model, `model = jp.at(model, "path.to.weight").set(...)` '
+        'or `model.freeze("path")`.'
+    )
+
+
 class _Variable:
     """Array behaviour shared by `Parameter` and `Buffer` (not public: subclass those)."""
 
-    __slots__ = ("_meta", "value")
-    value: Any
-    _meta: tuple
+    __slots__ = ("_meta", "_value")
+    _value: Any  # the raw array: the pytree leaf
+    _meta: tuple  # (trainable flag or None for buffers, sorted metadata items)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         _register(cls)  # every subclass is a pytree node too
 
+    @_frozen
+    def value(self) -> Any:
+        """The array. Inside a trace, a frozen Parameter's or a Buffer's is gradient-stopped.
+
+        So ``jax.grad(loss)(model)``, ``eqx.filter_grad`` or optax on a whole model never train
+        a frozen parameter: its gradient is zero. Outside a trace this is the stored array.
+        """
+        v = self._value
+        if self._meta[0] is not True and isinstance(v, _Tracer):
+            return _stop_gradient(v)
+        return v
+
+    @_frozen
+    def data(self) -> Any:
+        """PyTorch's name for `value`; assigning it raises, as for `value`."""
+        return self.value
+
+    def __reduce__(self) -> tuple:
+        # Metadata is interned again on load, so treedefs compare by identity as before.
+        return (_unpickle, (type(self), self._meta[0], self._meta[1], self._value))
+
     # -- metadata -------------------------------------------------------------------------
-    @property
+    @_frozen
     def metadata(self) -> dict[str, Any]:
         """User metadata (a fresh dict: editing it changes nothing; use `replace`)."""
         return dict(self._meta[1])
 
-    def replace(self, value: Any = None, **changes: Any) -> Any:
-        """Returns a copy with ``value`` and/or metadata entries changed."""
-        new = self.value if value is None else to_array(value, what="replace(value=...)")
-        out = self._with_value(new)
-        if changes:
-            out._meta = self._rebuild_meta(changes)
-        return out
+    def replace(self, value: Any = None, /, **changes: Any) -> Any:
+        """Returns a copy with the value (positional) and/or metadata entries changed.
+
+        ``p.replace(x)`` changes the value; keywords are metadata (``p.replace(axes=...)``), so
+        metadata may be named anything, ``value`` included.
+        """
+        if value is None:
+            new = self._value
+        else:
+            new = to_array(value, what=f"{type(self).__name__}.replace value")
+        meta = self._rebuild_meta(changes) if changes else self._meta
+        return rebuild_variable(type(self), meta, new)
 
     def _with_value(self, value: Any) -> Any:
         # Unchecked: for library code that already holds a valid (possibly traced) array.
-        out = _new(type(self))
-        out.value = value
-        out._meta = self._meta
-        return out
+        return rebuild_variable(type(self), self._meta, value)
 
     def _rebuild_meta(self, changes: dict[str, Any]) -> tuple:
         merged = dict(self._meta[1])
@@ -226,27 +317,27 @@ class _Variable:
         arr = np.asarray(self.value)
         return arr if dtype is None else arr.astype(dtype)
 
-    @property
+    @_frozen
     def shape(self) -> tuple[int, ...]:
         return tuple(self.value.shape)
 
-    @property
+    @_frozen
     def dtype(self) -> Any:
         return self.value.dtype
 
-    @property
+    @_frozen
     def ndim(self) -> int:
         return len(self.value.shape)
 
-    @property
+    @_frozen
     def size(self) -> int:
         return int(np.prod(self.value.shape, dtype=np.int64))
 
-    @property
+    @_frozen
     def T(self) -> jax.Array:
         return jnp.asarray(self.value).T
 
-    @property
+    @_frozen
     def mT(self) -> jax.Array:
         return jnp.asarray(self.value).mT
 
@@ -255,8 +346,8 @@ class _Variable:
         if name.startswith("_") or name == "value":
             raise AttributeError(name)
         try:
-            value = object.__getattribute__(self, "value")
-        except AttributeError:
+            value = self.value
+        except AttributeError:  # not built yet (unpickling)
             raise AttributeError(name) from None
         return getattr(value, name)
 
@@ -336,35 +427,44 @@ class _Variable:
 class Parameter(_Variable):
     """A trainable (or frozen) array, the unit that gradients, optimizers and names see.
 
-    ``Parameter(value, *, trainable=True, **metadata)``: ``value`` is converted to a JAX array
-    (strings, ``None`` and other objects raise ``TypeError``). ``metadata`` is free-form and
-    hashable (e.g. ``axes=("embed", "mlp")``, ``weight_decay=False``, ``lr_scale=0.1``); it and
-    the trainable flag are static, so changing them retraces a jitted function.
+    ``Parameter(value, *, trainable=None, **metadata)``: ``value`` is converted to a JAX array
+    (strings, ``None`` and other objects raise ``TypeError``). ``trainable`` defaults to
+    ``True`` for floating and complex values and ``False`` for integer and bool ones, which
+    cannot be trainable (as in PyTorch). ``metadata`` is free-form and hashable (e.g.
+    ``axes=("embed", "mlp")``, ``weight_decay=False``, ``lr_scale=0.1``); it and the trainable
+    flag are static, so changing them retraces a jitted function.
 
     New versions come from methods, never mutation: ``replace``, ``freeze``, ``unfreeze``,
-    ``astype``.
+    ``astype``. A frozen parameter's value is gradient-stopped inside any trace, so it gets
+    no gradient even from a plain ``jax.grad`` of the whole model.
     """
 
     __slots__ = ()
 
-    def __init__(self, value: Any, *, trainable: bool = True, **metadata: Any) -> None:
-        if not isinstance(trainable, (bool, np.bool_)):
-            raise TypeError(f"trainable must be a bool, got {trainable!r}")
-        self.value = to_array(value, what="Parameter value")
-        self._meta = _intern_meta(bool(trainable), metadata)
+    def __init__(self, value: Any, /, *, trainable: bool | None = None, **metadata: Any) -> None:
+        value = to_array(value, what="Parameter value")
+        self._value = value
+        self._meta = _intern_meta(_trainable_flag(trainable, value, "Parameter"), metadata)
 
-    @property
+    @_frozen
     def trainable(self) -> bool:
         """Whether gradients and optimizers see this parameter."""
         return self._meta[0]
 
     requires_grad = trainable  # PyTorch's name
 
-    def replace(self, value: Any = None, *, trainable: bool | None = None, **metadata: Any):
-        """Returns a copy with the value, the trainable flag and/or metadata entries changed."""
+    def replace(
+        self, value: Any = None, /, *, trainable: bool | None = None, **metadata: Any
+    ) -> Parameter:
+        """Returns a copy with the value, the trainable flag and/or metadata entries changed.
+
+        A trainable parameter can only hold a floating or complex value.
+        """
         out = super().replace(value, **metadata)
-        if trainable is not None and trainable != out._meta[0]:
-            out._meta = _intern_meta(bool(trainable), dict(out._meta[1]))
+        flag = out._meta[0] if trainable is None else trainable
+        flag = _trainable_flag(flag, out._value, f"{type(self).__name__}.replace")
+        if flag != out._meta[0]:
+            out._meta = _intern_meta(flag, dict(out._meta[1]))
         return out
 
     def freeze(self) -> Parameter:
@@ -394,11 +494,11 @@ class Buffer(_Variable):
 
     __slots__ = ()
 
-    def __init__(self, value: Any, **metadata: Any) -> None:
-        self.value = to_array(value, what="Buffer value")
+    def __init__(self, value: Any, /, **metadata: Any) -> None:
+        self._value = to_array(value, what="Buffer value")
         self._meta = _intern_meta(None, metadata)
 
-    @property
+    @_frozen
     def persistent(self) -> bool:
         """Whether `state_dict` includes this buffer (``Buffer(x, persistent=False)``)."""
         return dict(self._meta[1]).get("persistent", True)

@@ -398,8 +398,8 @@ def annotate(tree: T, axes: Mapping[str, Axes | None]) -> T:
                     meta.pop("axes", None)
                 else:
                     meta["axes"] = value
-                out = v._with_value(v.value)
-                out._meta = _intern_meta(v._meta[0], meta)
+                out = v._with_value(v._value)
+                object.__setattr__(out, "_meta", _intern_meta(v._meta[0], meta))
                 return out
         return v
 

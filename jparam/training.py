@@ -10,7 +10,9 @@ the model's structure, with ``None`` wherever nothing is trainable, so it names 
         print(name, jnp.linalg.norm(g.value))
 
 These are thin wrappers over `jax.value_and_grad`; they work under ``jax.jit``, ``jax.vmap``
-and ``jax.lax.scan``.
+and ``jax.lax.scan``. A plain ``jax.grad`` of the whole model is safe too (a frozen
+parameter's or a buffer's value is gradient-stopped when read, so its gradient is zero), but it
+computes and holds those zeros; these wrappers never do.
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ def value_and_grad(fn: Callable[..., Any], has_aux: bool = False) -> Callable[..
     """
 
     @functools.wraps(fn)
-    def wrapped(model: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapped(model: Any, /, *args: Any, **kwargs: Any) -> Any:
         params, rest = split(model, trainable)
 
-        def on_params(params: Any, *args: Any, **kwargs: Any) -> Any:
+        def on_params(params: Any, /, *args: Any, **kwargs: Any) -> Any:
             return fn(merge(params, rest), *args, **kwargs)
 
         value, grads = jax.value_and_grad(on_params, has_aux=has_aux)(params, *args, **kwargs)
@@ -69,7 +71,7 @@ def grad(fn: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:
     vg = value_and_grad(fn, has_aux=has_aux)
 
     @functools.wraps(fn)
-    def wrapped(model: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapped(model: Any, /, *args: Any, **kwargs: Any) -> Any:
         (value, grads) = vg(model, *args, **kwargs)
         return (grads, value[1]) if has_aux else grads
 

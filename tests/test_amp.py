@@ -20,8 +20,8 @@ class Mixed(jp.Module):
     frozen: jp.Parameter
     stats: jp.Buffer
     steps: jp.Buffer
-    table: jax.Array
-    ids: jax.Array
+    table: jax.Array = jp.field(plain_arrays=True)
+    ids: jax.Array = jp.field(plain_arrays=True)
 
     def __init__(self):
         self.w = jp.Parameter(jnp.full((3, 2), 1.5), axes=("in", "out"))

@@ -16,8 +16,8 @@ class Model(jp.Module):
     stats: jp.Buffer
     count: jp.Buffer
     mask: jp.Buffer
-    plain: jax.Array
-    ids: jax.Array
+    plain: jax.Array = jp.field(plain_arrays=True)
+    ids: jax.Array = jp.field(plain_arrays=True)
 
     def __init__(self):
         self.w = jp.Parameter(jnp.full((2, 2), 1.1), axes=("a", "b"))

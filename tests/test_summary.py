@@ -28,7 +28,7 @@ class Net(jp.Module):
     head: Lin
     emb: jp.Parameter
     steps: jp.Buffer
-    cfg: dict
+    cfg: dict = jp.field(plain_arrays=True)
 
     def __init__(self):
         self.blocks = [Lin(4, 4) for _ in range(3)] + [Lin(4, 8)]
@@ -70,9 +70,10 @@ def test_summary_counts_shared_parameters_once_and_large_counts():
         enc: jp.Parameter
         dec: jp.Parameter
 
-    s = Tied(w, w).summary()
-    assert [r[0] for r in _rows(s)] == ["enc"]
+    s = Tied(w, w).summary()  # one Parameter at two fields: tied at construction
+    assert [r[0] for r in _rows(s)] == ["enc", "dec"]
     assert _rows(s)[0][-1] == "1,100,000"
+    assert _rows(s)[1][-1] == "0"
     assert s.splitlines()[-1] == (
         "parameters: 1,100,000 (trainable 1,100,000, frozen 0)   buffers: 0   size: 4.2 MB"
     )
@@ -154,8 +155,7 @@ def test_repr_folds_repeated_modules_but_not_tuples_of_numbers():
     class Deep(jp.Module):
         blocks: list
 
-    conv = Conv(jp.Parameter(jnp.ones((2, 2))), (3, 3))
-    text = repr(Deep([conv, conv, conv]))
+    text = repr(Deep([Conv(jp.Parameter(jnp.ones((2, 2))), (3, 3)) for _ in range(3)]))
     assert "3 x Conv(" in text
     assert "kernel_size=(3, 3)" in text
 
