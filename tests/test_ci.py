@@ -1,7 +1,10 @@
-"""The CI script runs the README's test command word for word."""
+"""The CI script runs the README's test command word for word; slow tests are opt-in."""
 
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -11,3 +14,39 @@ def test_ci_runs_the_readme_test_command():
     test_command = re.search(r"```bash\n(.*?)```", readme, flags=re.S).group(1).splitlines()[1]
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci
+
+
+SLOW_AND_FAST = """
+import pytest
+from hypothesis import settings
+
+
+def test_fast():
+    print("max_examples", settings.default.max_examples)
+
+
+@pytest.mark.slow
+def test_slow():
+    pass
+"""
+
+
+def run_pytest(tmp_path, *args):
+    (tmp_path / "test_marked.py").write_text(SLOW_AND_FAST)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir"]
+    cmd += [str(ROOT), "-p", "tests.conftest", "-p", "no:cacheprovider", "-s", "-q", *args]
+    out = subprocess.run(
+        [*cmd, str(tmp_path / "test_marked.py")], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_default_run_leaves_out_slow_tests_and_m_empty_runs_them_thoroughly(tmp_path):
+    default = run_pytest(tmp_path)
+    assert "1 passed, 1 deselected" in default and "max_examples 25" in default
+    everything = run_pytest(tmp_path, "-m", "")
+    assert "2 passed" in everything and "max_examples 400" in everything
+    # and the README says how to run everything
+    assert '.venv/bin/python -m pytest -m ""' in (ROOT / "README.md").read_text()

@@ -87,8 +87,8 @@ def test_writes_stats_norms_histograms_and_scalars_exactly(tmp_path):
         h = hist[5, f"params/{name}"]
         values = np.asarray(p.value, np.float64).reshape(-1)
         assert (h.num, h.min, h.max) == (values.size, values.min(), values.max())
-        assert h.sum == pytest.approx(values.sum(), rel=1e-6, abs=1e-6)
-        assert h.sum_squares == pytest.approx(values @ values, rel=1e-6)
+        assert h.sum == pytest.approx(values.sum(), rel=1e-5, abs=1e-5)  # a float32 sum
+        assert h.sum_squares == pytest.approx(values @ values, rel=1e-5)
         # 30 equal-width buckets from min to max, as numpy.histogram draws them, after an
         # empty bucket whose right edge is the minimum (TensorBoard stores right edges only)
         counts, edges = np.histogram(values, bins=30)
@@ -107,7 +107,7 @@ def test_histogram_buckets_exact(tmp_path):
     assert (ramp.min, ramp.max, ramp.num, ramp.sum, ramp.sum_squares) == (0, 9, 10, 45, 285)
     flat = hist[0, "params/flat"]  # a constant array: the range -0.5 to 0.5, as numpy has it
     assert list(flat.bucket) == [0, 0, 0, 4, 0, 0] and (flat.min, flat.max) == (0, 0)
-    np.testing.assert_allclose(flat.bucket_limit, [-0.5, -0.3, -0.1, 0.1, 0.3, 0.5], atol=1e-7)
+    np.testing.assert_allclose(flat.bucket_limit, [-0.5, -0.3, -0.1, 0.1, 0.3, 0.5], atol=1e-6)
     assert list(hist[0, "params/ints"].bucket) == [0, 1, 0, 1, 0, 1]
 
 

@@ -28,7 +28,7 @@ class Leaf(jp.Module):
 class Node(jp.Module):
     own: Any
     stats: Any
-    extra: Any
+    extra: Any = jp.field(plain_arrays=True)  # plain array leaves on purpose
     kids: list
     named: dict
     child: Any

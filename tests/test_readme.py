@@ -19,6 +19,23 @@ def test_readme_starts_with_the_two_setup_commands():
     assert text.index("```bash") < text.index("```python")
 
 
+def test_every_code_block_runs_or_is_shell_or_output():
+    """A block tagged anything but ``python`` is skipped by the tour: only shell and output may."""
+    openings, inside = [], False
+    for number, line in enumerate(README.read_text().splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            if not inside:
+                openings.append((number, line.strip()[3:].strip()))
+            inside = not inside
+    assert not inside, "README.md ends inside a ``` block"
+    odd = [(number, info) for number, info in openings if info not in ("python", "bash", "text")]
+    assert not odd, (
+        f"README.md blocks (line, tag) that the tour would skip: {odd}; tag Python code "
+        "```python (it runs, in order), shell commands ```bash and printed output ```text"
+    )
+    assert len(python_blocks()) == sum(info == "python" for _, info in openings)
+
+
 def test_readme_tour_runs(capsys):
     blocks = python_blocks()
     assert len(blocks) >= 6
