@@ -79,7 +79,7 @@ class TinyLM(jp.Module):
         )
         self.pos_embed = jp.Parameter(jp.init.normal(k_pos, (max_len, dim), std=std))
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, key=k_attn)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True, key=k_attn)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.MLP(dim, [2 * dim, dim], activation_layer=nn.GELU, key=k_mlp)
         self.norm = nn.LayerNorm(dim)

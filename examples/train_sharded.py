@@ -79,7 +79,7 @@ class Block(jp.Module):
     def __init__(self, dim: int, heads: int, *, key: jax.Array):
         k1, k2, k3 = jax.random.split(key, 3)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, key=k1)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True, key=k1)
         self.norm2 = nn.LayerNorm(dim)
         # Megatron's MLP: the hidden ("mlp") dimension of both matrices is split, so under
         # tensor parallelism the hidden activations never leave their device.

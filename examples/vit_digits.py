@@ -44,7 +44,7 @@ class Block(jp.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: int, dropout: float, *, key: jax.Array):
         k_attn, k_mlp = jax.random.split(key)
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, key=k_attn)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True, key=k_attn)
         self.drop = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.MLP(

@@ -60,7 +60,7 @@ class Block(jp.Module):
         # No projection biases: the key bias has an exactly zero gradient (softmax ignores a
         # shift shared by all keys), and Adam would blow its rounding noise up to full steps,
         # so two runs would differ for a reason that has nothing to do with sharding.
-        self.attn = nn.MultiheadAttention(DIM, HEADS, bias=False, key=k1)
+        self.attn = nn.MultiheadAttention(DIM, HEADS, bias=False, batch_first=True, key=k1)
         self.norm2 = nn.LayerNorm(DIM)
         # Megatron-style names: both MLP matrices split their hidden ("mlp") dimension.
         self.fc1 = jp.sharding.annotate(

@@ -1,4 +1,8 @@
-"""`BatchNorm1d` and `BatchNorm2d`: batch statistics in training, running statistics in eval.
+"""Batch and instance normalisation: `BatchNorm1d/2d/3d` and `InstanceNorm1d/2d/3d`.
+
+BatchNorm uses batch statistics in training and running statistics in eval; InstanceNorm
+normalises each sample on its own and keeps running statistics only when asked
+(``track_running_stats=True``), as in PyTorch.
 
 The running statistics are `jp.Buffer` s (``running_mean``, ``running_var``,
 ``num_batches_tracked``, PyTorch's names), so they are saved and loaded with the model but never
@@ -21,6 +25,7 @@ with the biased one, exactly as PyTorch does; ``momentum=None`` gives the cumula
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import jax
@@ -43,11 +48,18 @@ from ._utils import (
 )
 from .stateful import update_state
 
-__all__ = ["BatchNorm1d", "BatchNorm2d"]
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
+]
 
 
 class _BatchNorm(Module):
-    """The body shared by `BatchNorm1d` and `BatchNorm2d` (they differ in accepted ranks)."""
+    """The body shared by the batch norms (they differ in accepted ranks) and instance norms."""
 
     _ndims: ClassVar[tuple[int, ...]]
     _layout: ClassVar[str]
@@ -97,9 +109,12 @@ class _BatchNorm(Module):
         layout = self._layout.format(c=self.num_features)
         return check_input(self, x, layout, self._ndims, {1: self.num_features})
 
+    def _param_shape(self, x: jax.Array) -> tuple[int, ...]:
+        """Per-channel values reshaped to broadcast over ``x`` (channels on axis 1)."""
+        return (-1,) + (1,) * (x.ndim - 2)
+
     def _out(self, y: jax.Array, x: jax.Array) -> jax.Array:
-        shape = (-1,) + (1,) * (x.ndim - 2)
-        return affine(y, self.weight, self.bias, shape).astype(x.dtype)
+        return affine(y, self.weight, self.bias, self._param_shape(x)).astype(x.dtype)
 
     def forward_train(self, x: jax.Array) -> tuple[jax.Array, _BatchNorm]:
         """Normalises with batch statistics and returns ``(y, bn_with_updated_statistics)``.
@@ -144,7 +159,7 @@ class _BatchNorm(Module):
         if not self.track_running_stats:  # batch statistics in both modes, as in PyTorch
             return self.forward_train(x)[0]
         x = self._check(x)
-        shape = (-1,) + (1,) * (x.ndim - 2)
+        shape = self._param_shape(x)
         xc = x.astype(compute_dtype(x.dtype))
         mean = self.running_mean.value.reshape(shape)
         var = self.running_var.value.reshape(shape)
@@ -172,3 +187,104 @@ class BatchNorm2d(_BatchNorm):
 
     _ndims = (4,)
     _layout = "(N, {c}, H, W)"
+
+
+class BatchNorm3d(_BatchNorm):
+    """Batch normalisation of ``(N, C, D, H, W)`` inputs per channel, PyTorch's
+    ``nn.BatchNorm3d``. See `jparam.nn.batchnorm` for how running statistics are updated."""
+
+    _ndims = (5,)
+    _layout = "(N, {c}, D, H, W)"
+
+
+class _InstanceNorm(_BatchNorm):
+    """The body shared by `InstanceNorm1d/2d/3d` (they differ in the number of spatial axes).
+
+    Each sample and channel is normalised over its spatial axes. PyTorch's rules kept here:
+    unbatched input ``(C, *spatial)`` is accepted; with ``track_running_stats=True`` training
+    updates ``running_mean``/``running_var`` with the batch average of the per-instance
+    statistics (the variance unbiased) and evaluation uses them; ``num_batches_tracked`` exists
+    but never counts, and ``momentum=None`` means no update at all (PyTorch passes 0). Where
+    PyTorch only warns about a channel count that differs from ``num_features`` (without
+    ``affine``), this raises.
+    """
+
+    _spatial: ClassVar[int]
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = False,
+        track_running_stats: bool = False,
+        *,
+        dtype: DTypeLike = jnp.float32,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, dtype=dtype)
+
+    def _check(self, x: jax.Array) -> jax.Array:
+        s, c = self._spatial, self.num_features
+        layout = self._layout.format(c=c)
+        return check_input(self, x, layout, (s + 1, s + 2), {-s - 1: c})
+
+    def _param_shape(self, x: jax.Array) -> tuple[int, ...]:
+        return (-1,) + (1,) * self._spatial
+
+    def forward_train(self, x: jax.Array) -> tuple[jax.Array, _InstanceNorm]:
+        """Normalises with each instance's statistics; returns ``(y, layer_with_new_stats)``.
+
+        Without running statistics (``track_running_stats=False``) the layer is returned as is.
+        """
+        x = self._check(x)
+        xb = x if x.ndim == self._spatial + 2 else x[None]
+        n = math.prod(xb.shape[2:])
+        if n < 2:
+            raise ValueError(
+                f"{describe(self)} needs more than 1 spatial element per channel to estimate a "
+                f"variance, got input of shape {tuple(x.shape)}"
+            )
+        y, mean, var = standardize(xb, tuple(range(2, xb.ndim)), self.eps)
+        y = self._out(y, xb).reshape(x.shape)
+        if not self.track_running_stats:
+            return y, self
+        rate = 0.0 if self.momentum is None else self.momentum
+        # Statistics are no part of the gradient (PyTorch updates them under no_grad).
+        mean = jax.lax.stop_gradient(mean.reshape(xb.shape[:2])).mean(0)
+        unbiased = jax.lax.stop_gradient(var.reshape(xb.shape[:2])).mean(0) * (n / (n - 1))
+        new = self.replace(
+            running_mean=self._blend(self.running_mean, mean, rate),
+            running_var=self._blend(self.running_var, unbiased, rate),
+        )
+        return y, new
+
+
+class InstanceNorm1d(_InstanceNorm):
+    """Instance normalisation of ``(N, C, L)`` or unbatched ``(C, L)`` inputs, PyTorch's
+    ``nn.InstanceNorm1d`` (no affine parameters nor running statistics by default)."""
+
+    _spatial = 1
+    _layout = "(N, {c}, L) or ({c}, L)"
+
+
+class InstanceNorm2d(_InstanceNorm):
+    """Instance normalisation of ``(N, C, H, W)`` or unbatched ``(C, H, W)`` inputs, PyTorch's
+    ``nn.InstanceNorm2d``: each sample and channel normalised over its own ``H x W`` values.
+
+    With ``track_running_stats=True`` run training steps through `nn.stateful_call`, as for
+    BatchNorm::
+
+        norm = nn.InstanceNorm2d(8, affine=True, track_running_stats=True).train()
+        y, norm = nn.stateful_call(norm, x)
+    """
+
+    _spatial = 2
+    _layout = "(N, {c}, H, W) or ({c}, H, W)"
+
+
+class InstanceNorm3d(_InstanceNorm):
+    """Instance normalisation of ``(N, C, D, H, W)`` or unbatched ``(C, D, H, W)`` inputs,
+    PyTorch's ``nn.InstanceNorm3d``."""
+
+    _spatial = 3
+    _layout = "(N, {c}, D, H, W) or ({c}, D, H, W)"

@@ -1,9 +1,9 @@
-"""Convolutions over channels-first inputs: `Conv1d`, `Conv2d` and `ConvTranspose2d`.
+"""Convolutions over channels-first inputs: `Conv1d`/`2d`/`3d` and `ConvTranspose1d`/`2d`/`3d`.
 
 Inputs are ``(N, C, *spatial)`` and weights use PyTorch's layouts (``(out, in / groups, *k)``
 for convolutions, ``(in, out / groups, *k)`` for transposed ones), so PyTorch weights load as
-they are. All three run ``jax.lax.conv_general_dilated`` with explicit dimension numbers and
-share one padding helper.
+they are. All of them run ``jax.lax.conv_general_dilated`` with explicit dimension numbers and
+check windows and padding as PyTorch does.
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from ._utils import (
     torch_default_params,
 )
 
-__all__ = ["Conv1d", "Conv2d", "ConvTranspose2d"]
+__all__ = [
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+]
 
 _SPATIAL = "DHW"
 # PyTorch's padding_mode names -> jnp.pad modes (zeros is the convolution's own padding).
@@ -126,7 +133,7 @@ def _bias_shape(n: int) -> tuple[int, ...]:
 
 
 class _ConvNd(Module):
-    """The shared body of `Conv1d` and `Conv2d`; subclasses set the number of spatial axes."""
+    """The shared body of `Conv1d`, `Conv2d` and `Conv3d`; subclasses set the number of axes."""
 
     _n: ClassVar[int]
 
@@ -233,43 +240,48 @@ class Conv2d(_ConvNd):
     _n = 2
 
 
-class ConvTranspose2d(Module):
-    """Transposed 2-D convolution (the gradient of `Conv2d`), PyTorch's ``nn.ConvTranspose2d``.
+class Conv3d(_ConvNd):
+    """3-D convolution over ``(N, C_in, D, H, W)``, PyTorch's ``nn.Conv3d``.
 
-    ``weight`` is ``(in, out / groups, kh, kw)`` as in PyTorch. The output of an ``H``-high
-    input is ``(H - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1`` high;
-    ``output_padding`` (smaller than stride or dilation) picks among the sizes that a strided
-    `Conv2d` maps to the same size.
+    Arguments are those of `Conv2d`; ``weight`` is ``(out, in / groups, kd, kh, kw)``.
     """
+
+    _n = 3
+
+
+class _ConvTransposeNd(Module):
+    """The shared body of the transposed convolutions; subclasses set the number of axes."""
+
+    _n: ClassVar[int]
 
     weight: Parameter
     bias: Parameter | None
     in_channels: int = field(static=True)
     out_channels: int = field(static=True)
-    kernel_size: tuple[int, int] = field(static=True)
-    stride: tuple[int, int] = field(static=True)
-    padding: tuple[int, int] = field(static=True)
-    output_padding: tuple[int, int] = field(static=True)
+    kernel_size: tuple[int, ...] = field(static=True)
+    stride: tuple[int, ...] = field(static=True)
+    padding: tuple[int, ...] = field(static=True)
+    output_padding: tuple[int, ...] = field(static=True)
     groups: int = field(static=True)
-    dilation: tuple[int, int] = field(static=True)
+    dilation: tuple[int, ...] = field(static=True)
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        output_padding: int | tuple[int, int] = 0,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] = 0,
+        output_padding: int | tuple[int, ...] = 0,
         groups: int = 1,
         bias: bool = True,
-        dilation: int | tuple[int, int] = 1,
+        dilation: int | tuple[int, ...] = 1,
         padding_mode: str = "zeros",
         *,
         key: jax.Array,
         dtype: DTypeLike = jnp.float32,
     ) -> None:
-        name = "ConvTranspose2d"
+        name, n = type(self).__name__, self._n
         require_key(key, name)
         self.groups = _check_groups(name, in_channels, out_channels, groups)
         if padding_mode != "zeros":
@@ -277,14 +289,16 @@ class ConvTranspose2d(Module):
                 f"{name} supports padding_mode='zeros' only (as PyTorch), got {padding_mode!r}"
             )
         if isinstance(padding, str):
-            raise ValueError(f"{name} padding must be an int or a tuple of 2 ints, got {padding!r}")
+            raise ValueError(
+                f"{name} padding must be an int or a tuple of {n} ints, got {padding!r}"
+            )
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = int_tuple(name, "kernel_size", kernel_size, 2, 1)
-        self.stride = int_tuple(name, "stride", stride, 2, 1)
-        self.dilation = int_tuple(name, "dilation", dilation, 2, 1)
-        self.padding = int_tuple(name, "padding", padding, 2, 0)
-        self.output_padding = int_tuple(name, "output_padding", output_padding, 2, 0)
+        self.kernel_size = int_tuple(name, "kernel_size", kernel_size, n, 1)
+        self.stride = int_tuple(name, "stride", stride, n, 1)
+        self.dilation = int_tuple(name, "dilation", dilation, n, 1)
+        self.padding = int_tuple(name, "padding", padding, n, 0)
+        self.output_padding = int_tuple(name, "output_padding", output_padding, n, 0)
         for op, s, d in zip(self.output_padding, self.stride, self.dilation):
             if op >= max(s, d):
                 raise ValueError(
@@ -293,38 +307,42 @@ class ConvTranspose2d(Module):
                     f"dilation={self.dilation}"
                 )
         shape = (self.in_channels, self.out_channels // self.groups, *self.kernel_size)
-        axes = (*reversed(WEIGHT_AXES), None, None)  # PyTorch's (in, out // groups, kh, kw)
+        axes = (*reversed(WEIGHT_AXES), *(None,) * n)  # PyTorch's (in, out // groups, *k)
         self.weight, self.bias = torch_default_params(
             key, shape, bias, self.out_channels, dtype, axes
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        n = self._n
         x = check_input(
-            self, x, f"(N, {self.in_channels}, H, W)", ndims=(4,), sizes={1: self.in_channels}
+            self,
+            x,
+            f"(N, {self.in_channels}, {', '.join(_SPATIAL[-n:])})",
+            ndims=(n + 2,),
+            sizes={1: self.in_channels},
         )
+        self._check_output_size(x)
         # A transposed convolution is a convolution of the stride-dilated input with the
         # spatially flipped kernel whose in/out axes are swapped within each group.
         g, k = self.groups, self.kernel_size
         w = self.weight.value.reshape(g, self.in_channels // g, self.out_channels // g, *k)
         w = jnp.swapaxes(w, 1, 2).reshape(self.out_channels, self.in_channels // g, *k)
-        w = jnp.flip(w, axis=(2, 3))
-        pads = padding_pairs(self.padding, k, self.stride, self.dilation)
-        self._check_output_size(x)
+        w = jnp.flip(w, axis=tuple(range(2, n + 2)))
         pads = tuple(
-            (d * (kk - 1) - lo, d * (kk - 1) - hi + op)
-            for (lo, hi), kk, d, op in zip(pads, k, self.dilation, self.output_padding)
+            (d * (kk - 1) - p, d * (kk - 1) - p + op)
+            for p, kk, d, op in zip(self.padding, k, self.dilation, self.output_padding)
         )
         y = lax.conv_general_dilated(
             x,
             w,
-            window_strides=(1, 1),
+            window_strides=(1,) * n,
             padding=pads,
             lhs_dilation=self.stride,
             rhs_dilation=self.dilation,
-            dimension_numbers=_dimension_numbers(2),
+            dimension_numbers=_dimension_numbers(n),
             feature_group_count=g,
         )
-        return y if self.bias is None else y + self.bias.value.reshape(_bias_shape(2))
+        return y if self.bias is None else y + self.bias.value.reshape(_bias_shape(n))
 
     def _check_output_size(self, x: jax.Array) -> None:
         """Refuses inputs whose output would be empty (too much padding), as PyTorch does."""
@@ -342,6 +360,39 @@ class ConvTranspose2d(Module):
         if min(sizes) < 1:
             raise ValueError(
                 f"{describe(self)} got input of shape {tuple(x.shape)}, whose output would be "
-                f"{sizes} high and wide: (H - 1) * stride - 2 * padding + dilation * (k - 1) + "
-                "output_padding + 1 must be at least 1. Use less padding or a larger input."
+                f"{sizes} along the spatial axes: (size - 1) * stride - 2 * padding + "
+                "dilation * (k - 1) + output_padding + 1 must be at least 1. Use less padding "
+                "or a larger input."
             )
+
+
+class ConvTranspose1d(_ConvTransposeNd):
+    """Transposed 1-D convolution (the gradient of `Conv1d`), PyTorch's ``nn.ConvTranspose1d``.
+
+    ``weight`` is ``(in, out / groups, k)``; arguments and output length are as in
+    `ConvTranspose2d`, along one axis.
+    """
+
+    _n = 1
+
+
+class ConvTranspose2d(_ConvTransposeNd):
+    """Transposed 2-D convolution (the gradient of `Conv2d`), PyTorch's ``nn.ConvTranspose2d``.
+
+    ``weight`` is ``(in, out / groups, kh, kw)`` as in PyTorch. The output of an ``H``-high
+    input is ``(H - 1) * stride - 2 * padding + dilation * (k - 1) + output_padding + 1`` high;
+    ``output_padding`` (smaller than stride or dilation) picks among the sizes that a strided
+    `Conv2d` maps to the same size.
+    """
+
+    _n = 2
+
+
+class ConvTranspose3d(_ConvTransposeNd):
+    """Transposed 3-D convolution (the gradient of `Conv3d`), PyTorch's ``nn.ConvTranspose3d``.
+
+    ``weight`` is ``(in, out / groups, kd, kh, kw)``; arguments and output sizes are as in
+    `ConvTranspose2d`, along three axes.
+    """
+
+    _n = 3

@@ -1,9 +1,10 @@
-"""Normalisation over features: `LayerNorm`, `RMSNorm` and `GroupNorm` (PyTorch's semantics).
+"""Normalisation over features: `LayerNorm`, `RMSNorm`, `GroupNorm` and `LocalResponseNorm`
+(PyTorch's semantics).
 
 Statistics of float16/bfloat16 inputs are computed in float32 and the result is cast back, so
 low-precision models normalise as accurately as PyTorch's fused kernels. These layers take no
 PRNG key: their parameters start as ones (scale) and zeros (shift), as in PyTorch.
-`BatchNorm1d`/`BatchNorm2d` live in `jparam.nn.batchnorm` because they carry state.
+The batch and instance norms live in `jparam.nn.batchnorm` because they carry state.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
 from .. import init
@@ -25,10 +27,11 @@ from ._utils import (
     check_int,
     compute_dtype,
     norm_axes,
+    shape_error,
     standardize,
 )
 
-__all__ = ["GroupNorm", "LayerNorm", "RMSNorm"]
+__all__ = ["GroupNorm", "LayerNorm", "LocalResponseNorm", "RMSNorm"]
 
 
 def _shape_tuple(layer: str, normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
@@ -185,3 +188,50 @@ class GroupNorm(Module):
         y = y.reshape(x.shape)
         y = affine(y, self.weight, self.bias, (c,) + (1,) * (x.ndim - 2))
         return y.astype(x.dtype)
+
+
+def _check_number(layer: str, name: str, value: Any) -> float:
+    """A real-number hyperparameter (not a bool, a string or an array), or a ``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{layer} {name} must be a number, got {value!r}")
+    return float(value)
+
+
+class LocalResponseNorm(Module):
+    """Divides each value by a power of the mean square of its neighbours across channels,
+    PyTorch's ``nn.LocalResponseNorm`` (AlexNet's normalisation)::
+
+        y[n, c] = x[n, c] / (k + alpha / size * sum(x[n, c'] ** 2 for c' near c)) ** beta
+
+    The window covers ``size`` channels (``size // 2`` before, ``(size - 1) // 2`` after,
+    zeros beyond the edges). Inputs are ``(N, C, *)`` with at least one spatial axis.
+    """
+
+    size: int = field(static=True)
+    alpha: float = field(static=True)
+    beta: float = field(static=True)
+    k: float = field(static=True)
+
+    def __init__(self, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        self.size = check_int("LocalResponseNorm", "size", size, 1)
+        self.alpha = _check_number("LocalResponseNorm", "alpha", alpha)
+        self.beta = _check_number("LocalResponseNorm", "beta", beta)
+        self.k = _check_number("LocalResponseNorm", "k", k)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Normalises ``x`` of shape ``(N, C, *)`` (3 or more axes); keeps x's dtype."""
+        x = jnp.asarray(x)
+        if x.ndim < 3:
+            raise shape_error(self, "(N, C, *) with 3 or more axes", x)
+        if x.size == 0:
+            return x
+        xc = x.astype(compute_dtype(x.dtype))
+        window = [1] * x.ndim
+        window[1] = self.size
+        padding = [(0, 0)] * x.ndim
+        padding[1] = (self.size // 2, (self.size - 1) // 2)
+        total = jax.lax.reduce_window(
+            jnp.square(xc), 0.0, jax.lax.add, window, (1,) * x.ndim, padding
+        )
+        div = (total / self.size * self.alpha + self.k) ** self.beta
+        return (xc / div).astype(x.dtype)

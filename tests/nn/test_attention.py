@@ -1,4 +1,4 @@
-"""MultiheadAttention against PyTorch (batch_first=True): masks, weights, gradients, dropout."""
+"""MultiheadAttention against PyTorch: masks, weights, gradients, dropout, kdim/vdim, bias_kv."""
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +17,7 @@ def _pair(torch, key, **kwargs):
         for name, p in tm.named_parameters():
             if "bias" in name:
                 p.copy_(torch.randn_like(p) * 0.1)
-    return load_torch(nn.MultiheadAttention(E, H, key=key, **kwargs), tm), tm
+    return load_torch(nn.MultiheadAttention(E, H, batch_first=True, key=key, **kwargs), tm), tm
 
 
 def _inputs(self_attention: bool):
@@ -133,7 +133,7 @@ def test_attention_names_and_init(key):
 
 
 def test_attention_dropout_needs_key_and_is_off_in_eval(key):
-    mha = nn.MultiheadAttention(E, H, dropout=0.5, key=key)
+    mha = nn.MultiheadAttention(E, H, dropout=0.5, batch_first=True, key=key)
     q, _, _ = _inputs(True)
     with pytest.raises(ValueError, match="needs dropout_key"):
         mha(q, q, q)
@@ -147,13 +147,11 @@ def test_attention_dropout_needs_key_and_is_off_in_eval(key):
 
 
 def test_attention_errors(key):
-    with pytest.raises(ValueError, match="batch-first only"):
-        nn.MultiheadAttention(E, H, batch_first=False, key=key)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         nn.MultiheadAttention(10, 3, key=key)
     with pytest.raises(TypeError, match="key"):
         nn.MultiheadAttention(E, H)
-    mha = nn.MultiheadAttention(E, H, key=key)
+    mha = nn.MultiheadAttention(E, H, batch_first=True, key=key)
     q = jnp.ones((N, L, E))
     with pytest.raises(
         ValueError,
@@ -171,3 +169,82 @@ def test_attention_errors(key):
         mha(q, q, q, attn_mask=jnp.zeros((2, 5, 5), bool))
     with pytest.raises(TypeError, match="bool or floating"):
         mha(q, q, q, attn_mask=jnp.zeros((L, L), int))
+
+
+def test_sequence_first_is_the_default_as_in_torch(torch, key):
+    """``batch_first=False`` (PyTorch's default): inputs ``(L, N, E)``, weights ``(N, L, S)``."""
+    tm = torch.nn.MultiheadAttention(E, H)
+    jm = load_torch(nn.MultiheadAttention(E, H, key=key), tm)
+    assert not jm.batch_first
+    q, k, v = (np.swapaxes(x, 0, 1) for x in _inputs(False))  # (T, N, E)
+    t_out, t_w = tm(*map(torch.from_numpy, (q, k, v)))
+    out, w = jax.jit(lambda m, *a: m(*a))(jm, q, k, v)
+    assert out.shape == (L, N, E) and w.shape == (N, L, S)
+    assert_close(out, t_out)
+    assert_close(w, t_w)
+    with pytest.raises(ValueError, match=r"\(S, 2, 8\) for key, got shape \(2, 4, 8\)"):
+        jm(q, np.swapaxes(k, 0, 1), v)
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_kdim_vdim_bias_kv_zero_attn_match_torch(torch, key, batch_first):
+    kw = dict(add_bias_kv=True, add_zero_attn=True, kdim=6, vdim=3, batch_first=batch_first)
+    tm = torch.nn.MultiheadAttention(E, H, **kw)
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    jm = load_torch(nn.MultiheadAttention(E, H, key=key, **kw), tm)
+    assert list(jm.state_dict()) == [
+        "q_proj_weight",
+        "k_proj_weight",
+        "v_proj_weight",
+        "in_proj_bias",
+        "bias_k",
+        "bias_v",
+        "out_proj.weight",
+        "out_proj.bias",
+    ]
+    q, k, v = random((N, L, E), 1), random((N, S, 6), 2), random((N, S, 3), 3)
+    if not batch_first:
+        q, k, v = (np.swapaxes(x, 0, 1) for x in (q, k, v))
+    masks = {**_masks("padding", S), "attn_mask": random((L, S), 4)}
+    t_args = [torch.from_numpy(x) for x in (q, k, v)]
+    t_masks = {name: torch.from_numpy(m) for name, m in masks.items()}
+    t_out, t_w = tm(*t_args, **t_masks)
+    for need_weights in (True, False):
+        out, _ = jm(q, k, v, need_weights=need_weights, **masks)
+        assert_close(out, t_out, atol=2e-5)
+    assert_close(jm(q, k, v, **masks)[1], t_w)  # S + 2 columns: bias_k and the zero position
+    assert t_w.shape[-1] == S + 2
+    assert_grads_match(
+        jm,
+        tm,
+        lambda m: m(q, k, v, **masks)[0],
+        lambda m: m(*t_args, **t_masks)[0],
+        atol=1e-4,
+    )
+
+
+def test_separate_projections_and_bias_kv_init(key):
+    mha = nn.MultiheadAttention(64, 4, add_bias_kv=True, kdim=32, vdim=16, key=key)
+    assert mha.in_proj_weight is None
+    shapes = {n: tuple(v.shape) for n, v in mha.state_dict().items()}
+    assert shapes["q_proj_weight"] == (64, 64) and shapes["k_proj_weight"] == (64, 32)
+    assert shapes["v_proj_weight"] == (64, 16) and shapes["bias_k"] == (1, 1, 64)
+    for name, fan_in in (("q_proj_weight", 64), ("k_proj_weight", 32), ("v_proj_weight", 16)):
+        w = np.asarray(mha.state_dict()[name])
+        bound = np.sqrt(6 / (64 + fan_in))  # xavier uniform, as PyTorch
+        assert bound * 0.9 < np.abs(w).max() <= bound
+    assert 0.5 < np.asarray(mha.bias_k.value).std() * 8 < 1.5  # xavier normal: std 1/sqrt(64)
+    same = nn.MultiheadAttention(64, 4, kdim=64, vdim=64, key=key)
+    assert same.in_proj_weight is not None and same.q_proj_weight is None
+
+
+def test_attention_new_argument_errors(key):
+    with pytest.raises(ValueError, match=r"MultiheadAttention kdim must be positive.*kdim=0"):
+        nn.MultiheadAttention(E, H, kdim=0, key=key)
+    mha = nn.MultiheadAttention(E, H, vdim=3, batch_first=True, key=key)
+    q = jnp.ones((N, L, E))
+    with pytest.raises(ValueError, match=r"\(2, 5, 3\) for value, got shape \(2, 5, 8\)"):
+        mha(q, q, q)

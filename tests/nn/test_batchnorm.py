@@ -1,4 +1,5 @@
-"""BatchNorm1d/2d: PyTorch parity through several jitted training steps, then evaluation."""
+"""BatchNorm1d/2d/3d and InstanceNorm1d/2d/3d: PyTorch parity through several jitted training
+steps, then evaluation."""
 
 import jax
 import jax.numpy as jnp
@@ -133,3 +134,64 @@ def test_batchnorm_errors():
         nn.BatchNorm1d(4).forward_train(jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         nn.BatchNorm1d(4).forward_train(jnp.ones((1, 4)))
+
+
+def test_batchnorm3d_training_steps_then_eval_match_torch(torch):
+    tm = torch.nn.BatchNorm3d(2, momentum=0.2)
+    _randomise_affine(torch, tm)
+    jm = load_torch(nn.BatchNorm3d(2, momentum=0.2), tm)
+    step = jax.jit(nn.stateful_call)
+    for i in range(2):
+        x = random((2, 2, 3, 2, 4), seed=i) * (i + 2) - i
+        y, jm = step(jm, x)
+        assert_close(y, tm(torch.from_numpy(x)))
+    _assert_state_matches(jm, tm)
+    tm.eval()
+    assert_close(jm.eval()(x), tm(torch.from_numpy(x)))
+
+
+@pytest.mark.parametrize(
+    ("cls", "shape", "kwargs"),
+    [
+        ("InstanceNorm2d", (3, 2, 5, 4), dict(affine=True, track_running_stats=True)),
+        ("InstanceNorm1d", (2, 6), dict(momentum=0.4, track_running_stats=True)),  # unbatched
+        ("InstanceNorm3d", (2, 2, 3, 2, 2), dict(momentum=None, track_running_stats=True)),
+    ],
+    ids=["2d-affine", "1d-unbatched", "3d-momentum-none"],
+)
+def test_instancenorm_training_steps_then_eval_match_torch(torch, cls, shape, kwargs):
+    """Running statistics: the batch mean of per-instance statistics, unbiased variance,
+    ``num_batches_tracked`` left at 0 and ``momentum=None`` freezing them, as PyTorch does."""
+    channels = shape[0] if cls == "InstanceNorm1d" else shape[1]
+    tm = getattr(torch.nn, cls)(channels, **kwargs)
+    _randomise_affine(torch, tm)
+    jm = load_torch(getattr(nn, cls)(channels, **kwargs), tm)
+    step = jax.jit(nn.stateful_call)
+    for i in range(3):
+        x = random(shape, seed=i) * (i + 1) + i
+        y, jm = step(jm, x)
+        assert_close(y, tm(torch.from_numpy(x)))
+    _assert_state_matches(jm, tm)
+    assert int(jm.num_batches_tracked.value) == 0
+    moved = not np.allclose(jm.running_mean.value, 0)
+    assert moved == (kwargs.get("momentum", 0.1) is not None)
+    tm.eval()
+    x = random(shape, seed=9) + 2
+    assert_close(jax.jit(lambda m, x: m(x))(jm.eval(), x), tm(torch.from_numpy(x)))
+
+
+def test_instancenorm_defaults_names_and_errors(torch):
+    norm = nn.InstanceNorm2d(4)
+    assert norm.state_dict() == {} and not norm.affine and not norm.track_running_stats
+    x = random((2, 4, 3, 3)) * 3 + 1
+    assert_close(norm(x), torch.nn.InstanceNorm2d(4)(torch.from_numpy(x)))  # no stateful_call
+    tracked = nn.InstanceNorm1d(3, affine=True, track_running_stats=True)
+    assert list(tracked.state_dict()) == list(
+        torch.nn.InstanceNorm1d(3, affine=True, track_running_stats=True).state_dict()
+    )
+    with pytest.raises(RuntimeError, match=r"InstanceNorm1d\(.*outside nn.stateful_call"):
+        tracked(jnp.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match=r"\(N, 4, H, W\) or \(4, H, W\), got shape \(2, 4, 3\)"):
+        norm(jnp.ones((2, 4, 3)))  # a rank InstanceNorm1d would take
+    with pytest.raises(ValueError, match=r"more than 1 spatial element.*\(4, 1, 1\)"):
+        norm(jnp.ones((4, 1, 1)))

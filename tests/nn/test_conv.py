@@ -129,3 +129,65 @@ def test_conv_bad_input_names_layer_and_shapes(key):
         nn.Conv1d(3, 8, 3, key=key)(jnp.ones((2, 3, 4, 4)))
     with pytest.raises(ValueError, match=r"ConvTranspose2d.*\(N, 3, H, W\)"):
         nn.ConvTranspose2d(3, 8, 3, key=key)(jnp.ones((2, 5, 4, 4)))
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "kwargs"),
+    [
+        ("Conv3d", (2, 4, 5, 4, 6), dict(stride=(2, 1, 1), padding=(1, 0, 2))),
+        ("Conv3d", (2, 4, 4, 5, 3), dict(padding="same", dilation=(1, 2, 1), groups=2)),
+        ("Conv3d", (1, 4, 4, 5, 3), dict(padding=1, padding_mode="circular", bias=False)),
+        ("ConvTranspose1d", (2, 4, 6), dict()),
+        ("ConvTranspose1d", (2, 4, 6), dict(stride=3, padding=2, output_padding=2, groups=2)),
+        ("ConvTranspose3d", (2, 4, 3, 2, 4), dict(stride=(1, 2, 3), output_padding=(0, 1, 2))),
+        ("ConvTranspose3d", (1, 4, 3, 4, 3), dict(padding=1, dilation=(2, 1, 1), groups=2)),
+    ],
+    ids=lambda v: v if isinstance(v, str) else repr(v),
+)
+def test_conv_1d_3d_variants_match_torch(torch, key, name, shape, kwargs):
+    tm = getattr(torch.nn, name)(4, 6, 3, **kwargs)
+    jm = load_torch(getattr(nn, name)(4, 6, 3, key=key, **kwargs), tm)
+    x = random(shape)
+    assert_close(jm(x), tm(torch.from_numpy(x)))
+
+
+def test_conv3d_and_transposed_1d_3d_gradients_match_torch(torch, key):
+    cases = [
+        (nn.Conv3d(2, 4, 2, 2, groups=2, key=key), torch.nn.Conv3d(2, 4, 2, 2, groups=2), 3),
+        (nn.ConvTranspose1d(2, 4, 3, 2, key=key), torch.nn.ConvTranspose1d(2, 4, 3, 2), 1),
+        (nn.ConvTranspose3d(2, 2, 2, 2, key=key), torch.nn.ConvTranspose3d(2, 2, 2, 2), 3),
+    ]
+    for jm, tm, n in cases:
+        x = random((1, 2, 4, 3, 4)[: n + 2])
+        jm = load_torch(jm, tm)
+        assert_grads_match(jm, tm, lambda m, x=x: m(x), lambda m, x=x: m(torch.from_numpy(x)))
+
+
+def test_conv_1d_3d_layouts_and_init_bounds(key):
+    conv = nn.Conv3d(4, 6, (3, 2, 1), groups=2, key=key)
+    assert conv.weight.shape == (6, 2, 3, 2, 1)
+    bound = 1 / math.sqrt(2 * 3 * 2 * 1)
+    assert 0.9 * bound < np.abs(np.asarray(conv.weight.value)).max() <= bound
+    t1 = nn.ConvTranspose1d(6, 4, 5, groups=2, key=key)
+    assert t1.weight.shape == (6, 2, 5) and t1.bias.shape == (4,)
+    assert np.abs(np.asarray(t1.bias.value)).max() <= 1 / math.sqrt(2 * 5)
+    t3 = nn.ConvTranspose3d(2, 6, 3, groups=2, bias=False, key=key)
+    assert t3.weight.shape == (2, 3, 3, 3, 3) and t3.bias is None
+    x = jnp.ones((2, 2, 3, 4, 5))
+    assert t3(x).shape == (2, 6, 5, 6, 7)
+    np.testing.assert_allclose(jax.jit(lambda m, x: m(x))(t3, x), t3(x), rtol=1e-5, atol=1e-6)
+
+
+def test_conv_1d_3d_bad_inputs_name_layer_and_shapes(key):
+    with pytest.raises(ValueError, match=r"Conv3d.*\(N, 3, D, H, W\), got shape \(2, 3, 4, 4\)"):
+        nn.Conv3d(3, 4, 3, key=key)(jnp.ones((2, 3, 4, 4)))
+    with pytest.raises(ValueError, match=r"ConvTranspose1d.*\(N, 3, W\), got shape \(2, 4, 5\)"):
+        nn.ConvTranspose1d(3, 4, 3, key=key)(jnp.ones((2, 4, 5)))
+    with pytest.raises(ValueError, match=r"ConvTranspose3d.*whose output would be \(3, -1, 3\)"):
+        nn.ConvTranspose3d(1, 1, 3, padding=(0, 2, 0), key=key)(jnp.ones((1, 1, 1, 1, 1)))
+    with pytest.raises(
+        TypeError, match="ConvTranspose3d kernel_size must be an int or a tuple of 3"
+    ):
+        nn.ConvTranspose3d(1, 1, (3, 3), key=key)
+    with pytest.raises(ValueError, match="ConvTranspose1d supports padding_mode='zeros' only"):
+        nn.ConvTranspose1d(1, 1, 3, padding_mode="reflect", key=key)

@@ -1,4 +1,5 @@
-"""LayerNorm, RMSNorm and GroupNorm against PyTorch, plus shapes, dtypes and errors."""
+"""LayerNorm, RMSNorm, GroupNorm and LocalResponseNorm against PyTorch, plus shapes, dtypes and
+errors."""
 
 import jax
 import jax.numpy as jnp
@@ -91,3 +92,27 @@ def test_norm_errors_name_layer_and_shapes():
         nn.GroupNorm(3, 6)(jnp.ones((2, 4)))
     with pytest.raises(ValueError, match="divisible by num_groups"):
         nn.GroupNorm(4, 6)
+
+
+@pytest.mark.parametrize(
+    ("args", "shape"),
+    [((3,), (2, 5, 4)), ((4, 0.5, 0.6, 2.0), (2, 6, 3, 3)), ((1,), (1, 3, 2)), ((7,), (2, 3, 2))],
+    ids=["3d-defaults", "4d-even-size", "size-1", "window-wider-than-channels"],
+)
+def test_local_response_norm_matches_torch_forward_and_gradient(torch, args, shape):
+    x = random(shape, seed=3) * 2
+    t = torch.from_numpy(x).requires_grad_()
+    ty = torch.nn.LocalResponseNorm(*args)(t)
+    ct = random(shape, seed=4)
+    (ty * torch.from_numpy(ct)).sum().backward()
+    y, vjp = jax.vjp(jax.jit(nn.LocalResponseNorm(*args)), x)
+    assert_close(y, ty, rtol=1e-5, atol=1e-6)
+    assert_close(vjp(ct)[0], t.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_local_response_norm_keeps_dtype_and_refuses_flat_input():
+    x = (random((2, 4, 3)) * 10).astype(jnp.bfloat16)
+    assert nn.LocalResponseNorm(2)(x).dtype == jnp.bfloat16
+    assert nn.LocalResponseNorm(2).state_dict() == {}
+    with pytest.raises(ValueError, match=r"LocalResponseNorm\(size=2.*got shape \(2, 4\)"):
+        nn.LocalResponseNorm(2)(jnp.ones((2, 4)))

@@ -31,7 +31,7 @@ class Block(jp.Module):
     def __init__(self, d: int = D, p: float = 0.0, heads: int = HEADS, *, key):
         k1, k2 = jax.random.split(key)
         self.norm = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, key=k1)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True, key=k1)
         self.fc = nn.Linear(d, d, key=k2)
         self.drop = nn.Dropout(p)
 
