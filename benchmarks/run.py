@@ -26,6 +26,7 @@ from benchmarks import (
     amp_logging,
     checkpoint,
     compile_time,
+    load_speed,
     memory,
     step_overhead,
     tree_walks,
@@ -55,6 +56,11 @@ SUITES: dict[str, tuple[ModuleType | str, list[list[str]], list[list[str]]]] = {
     ),
     "checkpoint": (checkpoint, [["--rounds", "16"]], [["--mb", "4", "--rounds", "1"]]),
     "amp_logging": (amp_logging, [[]], [["--depth", "2", "--rounds", "1", "--inner", "2"]]),
+    "load_speed": (
+        load_speed,
+        [[]],
+        [["--vocab", "64", "--dim", "16", "--layers", "1", "--ctx", "8", "--rounds", "1"]],
+    ),
     "sharding": (
         "benchmarks.sharding",
         [[]],

@@ -513,14 +513,17 @@ class Module(metaclass=_ModuleMeta):
         """
         return _state.state_dict(self, prefix=prefix, keep_vars=keep_vars)
 
-    def load_state_dict(self: M, state_dict: Any, strict: bool = True) -> Any:
+    def load_state_dict(
+        self: M, state_dict: Any, strict: bool = True, *, mapping: Any = None
+    ) -> Any:
         """Returns a new module with values from ``state_dict`` (see `jp.load_state_dict`).
 
         ``strict=True`` returns the module or raises one error listing every missing and
         unexpected key; ``strict=False`` returns ``(module, IncompatibleKeys)`` like PyTorch.
-        Shape and dtype-kind mismatches always raise.
+        Shape and dtype-kind mismatches always raise. ``mapping`` (a `jp.Mapping`) renames
+        and reshapes the checkpoint's entries into the model's first.
         """
-        return _state.load_state_dict(self, state_dict, strict=strict)
+        return _state.load_state_dict(self, state_dict, strict=strict, mapping=mapping)
 
     # -- transformations ------------------------------------------------------------------------
     def apply(self: M, fn: Callable[[Module], Module | None]) -> M:

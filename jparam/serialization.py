@@ -49,6 +49,7 @@ import numpy as np
 import xxhash
 
 from . import tempfiles
+from .mapping import as_mapping
 from .parameter import _Variable, check_int_range, dtype_shape, to_array
 from .state import load_state_dict, match_state, state_dict
 
@@ -185,10 +186,23 @@ def _host_arrays(tree: Any, bar_enabled: bool | None) -> OrderedDict[str, np.nda
             arr = np.asarray(jax.device_get(to_array(value, what=name)))
             if not arr.flags.c_contiguous:  # (np.ascontiguousarray would turn scalars 1-d)
                 arr = arr.copy(order="C")
-            out[name] = arr
+            out[name] = _torch_dtype(name, arr)
             if bar is not None:
                 bar.update(arr.nbytes)
     return out
+
+
+# Names PyTorch holds as int64 where JAX without 64-bit types holds int32 (BatchNorm's step
+# counter): written as int64, so files match PyTorch's own; they load back into int32 when in
+# range (`_check_fits`), and PyTorch's strict load_state_dict finds the dtype it keeps.
+_INT64_NAMES = frozenset({"num_batches_tracked"})
+
+
+def _torch_dtype(name: str, arr: np.ndarray) -> np.ndarray:
+    """``arr`` widened to int64 where PyTorch keeps that name as int64, else as it is."""
+    if arr.dtype == np.int32 and name.rpartition(".")[2] in _INT64_NAMES:
+        return arr.astype(np.int64)
+    return arr
 
 
 def _encode(a: np.ndarray) -> np.ndarray:
@@ -296,18 +310,25 @@ def save(
     *,
     metadata: Mapping[str, str] | None = None,
     progress: bool | None = None,
+    mapping: Any = None,
 ) -> SaveInfo:
     """Writes the `state_dict` of ``tree`` (or a ``{name: array}`` dict) to a safetensors file.
 
     The write is atomic: a failure at any point leaves the previous file at ``path`` intact.
     ``metadata`` (strings only) goes into the header next to ``"format": "pt"``, which
     Hugging Face tools expect. A tqdm bar shows for files over 256 MB (``progress`` forces it on
-    or off). Returns the path, size and duration.
+    or off). ``mapping`` (the `jp.Mapping` used to load a checkpoint) is applied inverted, so
+    the file has the checkpoint's original names and layouts. Returns the path, size and
+    duration.
 
     Refused before anything is written: an entry named ``__metadata__`` (safetensors' own),
     abstract values (``jax.eval_shape`` results, tracers) and dtypes no JAX array can hold.
     """
-    return _save(path, tree, _check_metadata(metadata), progress)
+    meta = _check_metadata(metadata)
+    mapping = as_mapping(mapping)
+    if mapping is not None:
+        tree = mapping.inverse()(tree if _is_flat_mapping(tree) else state_dict(tree))
+    return _save(path, tree, meta, progress)
 
 
 def _save(
@@ -617,7 +638,7 @@ def _read_tensors(
     total = sum(s.end - s.begin for s in specs)
     with _progress(total, progress, "loading") as bar:
         for s in sorted(specs, key=lambda s: s.begin):
-            buf = np.empty(s.end - s.begin, np.uint8)
+            buf = _aligned_bytes(s.end - s.begin)
             if not _read_into(f, start + s.begin, buf):
                 raise _open_error(path, f"the file ends inside tensor {s.name!r}")
             if s.dtype == np.bool_ and buf.size and buf.max() > 1:
@@ -626,6 +647,14 @@ def _read_tensors(
             if bar is not None:
                 bar.update(buf.nbytes)
     return out
+
+
+def _aligned_bytes(n: int) -> np.ndarray:
+    """``n`` fresh bytes from a 64-byte boundary: ``jax.device_put`` on CPU adopts such a buffer
+    where it would copy any other (a second pass over every byte of the file)."""
+    raw = np.empty(n + 64, np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start : start + n]
 
 
 def _read_into(f: Any, offset: int, buf: np.ndarray) -> bool:
@@ -692,16 +721,21 @@ def load(
     strict: bool = True,
     rename: Mapping[str, str] | Callable[[str], str | None] | None = None,
     progress: bool | None = None,
+    mapping: Any = None,
 ) -> Any:
     """Loads a safetensors file into a copy of ``like`` by name (see `jp.load_state_dict`).
 
     ``strict=True`` returns the model or raises one error listing every missing, unexpected,
     mis-shaped or mis-typed key; ``strict=False`` returns ``(model, IncompatibleKeys)`` and
     loads the subset that matches. ``rename`` maps file names to model names first: a dict of
-    prefix replacements (``{"module.": ""}`` for DataParallel files) or a function.
+    prefix replacements (``{"module.": ""}`` for DataParallel files) or a function; then
+    ``mapping`` (a `jp.Mapping`: renames, transposes, splits, ...) is applied.
     """
+    mapping = as_mapping(mapping)
     arrays, _ = load_file(path, progress=progress)
     arrays = rename_keys(arrays, rename)
+    if mapping is not None:
+        arrays = mapping(arrays)
     if is_plain_arrays(like):  # what `save` writes as it is loads back as it is
         values, incompatible = match_state(like, arrays, strict, type(like).__name__)
         new = {**like, **values}

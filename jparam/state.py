@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import tree_util
 
+from .mapping import as_mapping, torch_parametrization_names
 from .parameter import Buffer, _Variable, dtype_shape, to_array
 from .paths import children, is_variable, map_modules, map_variables, walk
 from .tying import TiedTo, load_tied, resolve_entries
@@ -194,7 +195,10 @@ def convert_value(
         raise ValueError(msg) from None
     want_shape, got_shape = tuple(target.shape), tuple(value.shape)
     if want_shape != got_shape:
-        raise ValueError(f"{name}: shape mismatch, expected {want_shape}, got {got_shape}{hint}")
+        raise ValueError(
+            f"{name}: shape mismatch, expected {want_shape}, got {got_shape}"
+            f"{_transpose_hint(name, want_shape, got_shape)}{hint}"
+        )
     want, got = dtype_kind(target.dtype), dtype_kind(value.dtype)
     if want != got:
         raise ValueError(
@@ -206,6 +210,18 @@ def convert_value(
         if problem:
             raise ValueError(problem)
     return value if value.dtype == target.dtype else value.astype(target.dtype)
+
+
+def _transpose_hint(name: str, want: tuple[int, ...], got: tuple[int, ...]) -> str:
+    """Says so when ``got`` is ``want`` transposed: a checkpoint that stores (in, out)."""
+    if len(want) != 2 or got != want[::-1]:
+        return ""
+    return (
+        ": the transpose of the expected shape; if the checkpoint stores this weight "
+        "transposed (as Hugging Face's Conv1D does), add a transpose rule to the mapping "
+        f"(mapping=[jp.mapping.transpose({name!r})]). A square weight stored transposed "
+        "cannot be detected by its shape: name every transposed weight in the mapping"
+    )
 
 
 def _abstract_problem(name: str, target: Any, value: Any) -> str | None:
@@ -273,17 +289,26 @@ def match_state(
     return values, IncompatibleKeys(missing, unexpected)
 
 
-def load_state_dict(tree: T, state: Mapping[str, Any], strict: bool = True) -> Any:
+def load_state_dict(
+    tree: T, state: Mapping[str, Any], strict: bool = True, *, mapping: Any = None
+) -> Any:
     """Returns a copy of ``tree`` with the arrays of ``state`` put in by name.
 
     ``strict=True`` returns the new tree, or raises `StateDictError` listing every missing key,
     unexpected key, shape and dtype-kind mismatch. ``strict=False`` returns
     ``(new_tree, IncompatibleKeys(missing_keys, unexpected_keys))``; shape and kind mismatches
-    still raise, as in PyTorch.
+    still raise, as in PyTorch. ``mapping`` (a `jp.Mapping` or a list of `jp.mapping` rules)
+    turns the checkpoint's names and layouts into the model's first. PyTorch's parametrization
+    names (``parametrizations.weight.original0``) load into `jp.parametrize`'s by themselves.
     """
+    mapping = as_mapping(mapping)
+    if mapping is not None:
+        state = mapping(state)
     views: list[str] = []
     found = saved_variables(tree, "", views)
     expected = resolve_entries(found)
+    if isinstance(state, Mapping):
+        state = torch_parametrization_names(state, expected)
     errors = abstract_errors(expected, state)
     # A tied name may come with its source, alone, or not at all.
     tied = {

@@ -208,6 +208,38 @@ def _concrete(x: Any) -> bool:
     return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)
 
 
+def _layout(x: Any) -> tuple | None:
+    """Where ``x``'s values sit in memory (address, shape, strides, dtype, device), for a
+    NumPy array or a PyTorch tensor; None for anything else or a tensor without data."""
+    if isinstance(x, np.ndarray):
+        return ("numpy", x.ctypes.data, x.shape, x.strides, x.dtype, None)
+    if type(x).__module__.split(".")[0] == "torch" and callable(getattr(x, "data_ptr", None)):
+        if getattr(x, "is_meta", True) or not x.data_ptr():
+            return None
+        return ("torch", x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, str(x.device))
+    return None
+
+
+def _same_values(source: Any, target: Any, transpose: bool) -> bool:
+    """Whether ``target`` is ``source`` (its transpose if ``transpose``) without reading either:
+    the same object, or views of the same memory laid out alike, as the two tied names of a
+    PyTorch ``state_dict()`` are."""
+    if source is target and not transpose:
+        return True
+    a, b = _layout(source), _layout(target)
+    if a is None or b is None:
+        return False
+    if transpose:
+        a = (*a[:2], a[2][::-1], a[3][::-1], *a[4:])
+    return a == b
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _equal(source: jax.Array, target: jax.Array, transpose: bool) -> jax.Array:
+    # One compiled comparison: eagerly, array_equal dispatches (and allocates) op by op.
+    return jnp.array_equal(source.T if transpose else source, target, equal_nan=True)
+
+
 def load_tied(
     expected: Mapping[str, Any],
     tied: Mapping[str, tuple[str, bool]],
@@ -217,7 +249,10 @@ def load_tied(
     """``state`` without its tied names, for `load_state_dict` to load by the source names.
 
     A tied name given with its source must hold the same values (transposed if declared), else
-    an error naming both goes to ``errors``; given alone, it stands in for its source.
+    an error naming both goes to ``errors``; given alone, it stands in for its source. A
+    PyTorch ``state_dict()`` gives both names as views of one tensor: recognised as such, the
+    target is dropped unread; otherwise the two are compared by one jitted check, and the source
+    is converted once (``load_state_dict`` then takes it as it is).
     """
     if not tied or not isinstance(state, Mapping) or not any(t in state for t in tied):
         return state
@@ -225,15 +260,25 @@ def load_tied(
     for target, (source, transpose) in tied.items():
         if target not in state or target not in expected:
             continue
-        value = _state._convert(target, expected[target], state.pop(target), errors)
+        raw, shape = state.pop(target), tuple(expected[target].shape)
+        if (
+            source in state
+            and source in expected
+            and tuple(getattr(raw, "shape", ())) == shape
+            and _same_values(state[source], raw, transpose)
+        ):
+            continue  # loading the source loads the target
+        value = _state._convert(target, expected[target], raw, errors)
         if value is None:
             continue
-        value = _transpose(value) if transpose else value
         if source not in state:
-            state[source] = value
+            state[source] = _transpose(value) if transpose else value
             continue
         given = _state._convert(source, expected[source], state[source], [])
-        if _concrete(given) and _concrete(value) and not jnp.array_equal(given, value, True):
+        if given is None:
+            continue  # load_state_dict reports it
+        state[source] = given
+        if _concrete(given) and _concrete(value) and not _equal(given, value, transpose):
             shown = f"{source}.T" if transpose else source
             errors.append(
                 f"{target} is tied to {shown}, but the state_dict gives them different values; "

@@ -522,6 +522,8 @@ def test_header_holds_the_checksum_of_every_tensor(tmp_path):
     sums = json.loads(head["__metadata__"]["jparam.xxh3_64"])
     for name, value in model.state_dict().items():
         a = np.asarray(value)
+        if name.endswith("num_batches_tracked"):  # stored as PyTorch's int64
+            a = a.astype(np.int64)
         h = xxhash.xxh3_64(f"{a.dtype.name}{tuple(a.shape)}".encode())
         h.update(a.tobytes())
         assert sums[name] == h.hexdigest(), name
@@ -756,6 +758,7 @@ def test_save_info_reports_path_and_exact_size(tmp_path):
     assert info.path == path and isinstance(info.path, Path)
     start, head = header(path)
     data_bytes = sum(np.asarray(v).nbytes for v in model.state_dict().values())
+    data_bytes += 4  # norm.num_batches_tracked: int32 here, stored as PyTorch's int64
     assert info.bytes == path.stat().st_size == start + data_bytes
     assert (
         max(end for k, v in head.items() if k != "__metadata__" for end in v["data_offsets"])
@@ -849,6 +852,47 @@ def test_jparam_written_convnet_loads_into_torch_and_matches(tmp_path):
     with torch.no_grad():
         got = tm(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_num_batches_tracked_is_saved_as_pytorch_int64(tmp_path):
+    """JAX without x64 holds BatchNorm's counter as int32; the file holds PyTorch's int64."""
+    torch = pytest.importorskip("torch")
+    st_torch = pytest.importorskip("safetensors.torch")
+    model = ConvNet(jax.random.key(5))
+    model = jp.at(model, "bn.num_batches_tracked").set(jp.Buffer(jnp.array(11, jnp.int32)))
+    jp.save(tmp_path / "j.safetensors", model)
+    tensors = st_torch.load_file(str(tmp_path / "j.safetensors"))
+    tm = _torch_convnet(torch)
+    assert tensors["bn.num_batches_tracked"].dtype == tm.bn.num_batches_tracked.dtype
+    assert tensors["bn.num_batches_tracked"].dtype == torch.int64
+    assert tensors["bn.running_mean"].dtype == torch.float32  # nothing else widened
+    tm.bn.num_batches_tracked.fill_(0)
+    tm.load_state_dict(tensors)  # strict
+    assert tm.bn.num_batches_tracked.item() == 11
+    back = jp.load(tmp_path / "j.safetensors", like=ConvNet(jax.random.key(6)))
+    assert back.bn.num_batches_tracked.dtype == model.bn.num_batches_tracked.dtype
+    assert int(back.bn.num_batches_tracked.value) == 11
+
+
+def test_load_state_dict_copies_what_it_is_given():
+    """The loaded model never shares memory with the caller's arrays: an in-place change of a
+    PyTorch tensor (an optimizer step) or a NumPy array after loading does not reach it."""
+    torch = pytest.importorskip("torch")
+    for _ in range(20):  # aligned and unaligned buffers; device_put adopts or copies late
+        tm = _torch_mlp(torch)
+        state = tm.state_dict()
+        arrays = {k: v.numpy().copy() for k, v in state.items()}
+        want = {k: v.copy() for k, v in arrays.items()}
+        from_torch = _jp_mlp().load_state_dict(state)
+        from_numpy = _jp_mlp().load_state_dict(arrays)
+        with torch.no_grad():
+            for v in state.values():
+                v.add_(1.0)
+        for v in arrays.values():
+            v += 1.0
+        for model in (from_torch, from_numpy):
+            for name, value in model.state_dict().items():
+                np.testing.assert_array_equal(np.asarray(value), want[name], err_msg=name)
 
 
 def test_torch_sequential_round_trips_under_torch_names(tmp_path):

@@ -802,3 +802,87 @@ def test_property_any_sequence_of_ties_keeps_every_weight(tmp_path_factory, ops)
     jp.save(path, model)
     zeroed = jax.tree.map(jnp.zeros_like, model)
     chex.assert_trees_all_equal(_np(jp.load(path, like=zeroed)), _np(model))
+
+
+# -- loading fast: each array converted once, the two tied names compared without reading -----
+
+
+def _counting_transfers(monkeypatch):
+    """Records the shape of every host array `to_array` puts on the device."""
+    import jparam.parameter
+
+    seen = []
+    real = jparam.parameter.host_to_device
+
+    def counting(arr):
+        seen.append(tuple(arr.shape))
+        return real(arr)
+
+    monkeypatch.setattr(jparam.parameter, "host_to_device", counting)
+    return seen
+
+
+def test_pytorch_state_dict_loads_each_tied_array_once(monkeypatch):
+    """A PyTorch state_dict gives both tied names as views of one tensor: the target is
+    recognised by its memory and never converted, the source converted once."""
+    torch = pytest.importorskip("torch")
+    tm = _torch_lm(torch)
+    seen = _counting_transfers(monkeypatch)
+    model = tied_lm(seed=3).load_state_dict(tm.state_dict())
+    assert sorted(seen) == sorted([(V, D), (D, D), (D,), (V,)])  # no second (V, D)
+    for name, value in tm.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(model.state_dict()[name]), value.numpy())
+
+
+def test_numpy_views_of_one_array_load_once_also_transposed(monkeypatch):
+    w = np.arange(15, dtype=np.float32).reshape(3, 5)
+    state = {k: np.asarray(v) for k, v in tied_ae(seed=1).state_dict().items()}
+    state["enc.weight"], state["dec.weight"] = w, w.T  # the transpose is a view of w
+    seen = _counting_transfers(monkeypatch)
+    loaded = tied_ae().load_state_dict(state)
+    assert seen.count((3, 5)) == 1 and (5, 3) not in seen
+    np.testing.assert_array_equal(np.asarray(loaded.state_dict()["dec.weight"]), w.T)
+
+
+def test_tied_names_with_equal_values_in_separate_memory_load_source_once(monkeypatch):
+    full = {k: np.asarray(v) for k, v in tied_lm(seed=1).state_dict().items()}
+    full["decoder.weight"] = full["embed.weight"].copy()
+    seen = _counting_transfers(monkeypatch)
+    loaded = tied_lm().load_state_dict(full)
+    assert seen.count((V, D)) == 2  # the target and the source, each once, then compared
+    chex.assert_trees_all_equal(_np(loaded), _np(tied_lm(seed=1)))
+
+
+def test_tied_names_sharing_memory_in_another_layout_are_compared():
+    """Same address is not same values: ``a`` and ``a.T`` under a plain (untransposed) tie."""
+    a = np.arange(16, dtype=np.float32).reshape(4, 4)
+    model = jp.tie(
+        Pair(jp.Parameter(jnp.zeros((4, 4))), jp.Parameter(jnp.zeros((4, 4))), False), "b", "a"
+    )
+    with pytest.raises(jp.StateDictError, match=r"b is tied to a, but the state_dict gives"):
+        model.load_state_dict({"a": a, "b": a.T})
+    loaded = model.load_state_dict({"a": a, "b": a[...]})  # a view laid out alike: equal
+    np.testing.assert_array_equal(np.asarray(loaded.state_dict()["b"]), a)
+
+
+def test_tied_torch_tensors_with_different_values_are_refused_naming_both():
+    torch = pytest.importorskip("torch")
+    state = _torch_lm(torch).state_dict()
+    state["decoder.weight"] = state["decoder.weight"].clone()
+    state["decoder.weight"][0, 0] += 1
+    with pytest.raises(jp.StateDictError, match=r"decoder.weight is tied to embed.weight, but"):
+        tied_lm().load_state_dict(state)
+    state["decoder.weight"][0, 0] = float("nan")  # NaN equals NaN here, as a copy would be
+    state["embed.weight"] = state["decoder.weight"].clone()
+    loaded = tied_lm().load_state_dict(state)
+    assert np.isnan(np.asarray(loaded.state_dict()["embed.weight"])[0, 0])
+
+
+def test_tied_names_equally_misshaped_are_reported_for_both():
+    bad = np.zeros((V + 1, D), np.float32)
+    state = {**{k: np.asarray(v) for k, v in tied_lm().state_dict().items()}}
+    state["embed.weight"] = state["decoder.weight"] = bad
+    with pytest.raises(jp.StateDictError) as e:
+        tied_lm().load_state_dict(state)
+    assert "decoder.weight: shape mismatch" in str(e.value)
+    assert "embed.weight: shape mismatch" in str(e.value)
