@@ -5,11 +5,12 @@ save and load them by name; `jax.jit`, `jax.grad` and optax take the model as it
 `jparam.module` for a first example and README.md for the tour.
 """
 
-from . import amp, constraints, init, nn, optim, sharding
+from . import amp, constraints, init, mapping, nn, optim, sharding
 from .checkpoint import latest_step, load_checkpoint, save_checkpoint
 from .constraints import parametrize, project
 from .filters import Filter, as_filter, frozen, is_buffer, is_parameter, name, trainable
 from .logger import TensorBoardLogger
+from .mapping import Mapping
 from .module import Module, PlainArrayWarning, field
 from .monitoring import NonFinite, check_finite, first_nonfinite, global_norm, stats
 from .optim import Optimizer
@@ -25,6 +26,7 @@ from .paths import (
     path_name,
 )
 from .precision import astype, to
+from .retrace import RetraceError, RetraceWarning, Traces, no_retrace, watch_retraces
 from .serialization import (
     CheckpointError,
     SaveInfo,
@@ -48,15 +50,19 @@ __all__ = [
     "CheckpointError",
     "Filter",
     "IncompatibleKeys",
+    "Mapping",
     "Module",
     "NonFinite",
     "Optimizer",
     "Parameter",
     "PlainArrayWarning",
+    "RetraceError",
+    "RetraceWarning",
     "SaveInfo",
     "StateDictError",
     "TensorBoardLogger",
     "TiedTo",
+    "Traces",
     "amp",
     "as_filter",
     "astype",
@@ -80,11 +86,13 @@ __all__ = [
     "load_sharded",
     "load_state_dict",
     "map_variables",
+    "mapping",
     "merge",
     "name",
     "named_buffers",
     "named_modules",
     "named_parameters",
+    "no_retrace",
     "nn",
     "optim",
     "parameters",
@@ -108,4 +116,5 @@ __all__ = [
     "trainable",
     "untie",
     "value_and_grad",
+    "watch_retraces",
 ]
