@@ -6,12 +6,17 @@ flattening and unflattening its model and optimizer state, and any Python dispat
 
     python -m benchmarks.step_overhead                 # depth 8, width 32, batch 8
     python -m benchmarks.step_overhead --depth 32 --json out.json
+    python -m benchmarks.step_overhead --configs          # depth 8, depth 32, width 1024
+    python -m benchmarks.step_overhead --configs 8x32 32x32 --json out.json  # out_d8_w32.json ...
+
+The width-1024 row is compute-bound (all contenders should tie); lower ``--inner`` for it.
 
 Contenders that need a missing package (equinox, flax) are skipped with a note.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 
 import jax
@@ -226,9 +231,51 @@ def run(depth: int, width: int, batch: int, rounds: int, inner: int, json_path=N
     return text + "\n".join(notes)
 
 
+# BENCHMARKS.md's rows: the README's depth, a deep stack (more nodes per step), and a wide one
+# where compute dominates and every contender should tie.
+STANDARD_CONFIGS = ("8x32", "32x32", "8x1024")
+
+
+def _config(text: str) -> tuple[int, int]:
+    """``"DEPTHxWIDTH"`` (e.g. ``"32x32"``) as two positive ints, for ``--configs``."""
+    try:
+        depth, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        depth = width = 0
+    if depth < 1 or width < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected DEPTHxWIDTH with positive integers, e.g. 32x32; got {text!r}"
+        )
+    return depth, width
+
+
+def _json_for(json_path: str | None, depth: int, width: int, several: bool) -> str | None:
+    """One JSON file per configuration when several run: ``out.json`` -> ``out_d32_w32.json``."""
+    if json_path is None or not several:
+        return json_path
+    stem, dot, ext = json_path.rpartition(".")
+    return f"{stem}_d{depth}_w{width}.{ext}" if dot else f"{json_path}_d{depth}_w{width}"
+
+
 def main(argv=None) -> None:
-    args = mlp_step_parser(__doc__.split("\n")[0]).parse_args(argv)
-    print(run(args.depth, args.width, args.batch, args.rounds, args.inner, args.json))
+    parser = mlp_step_parser(__doc__.split("\n")[0])
+    parser.add_argument(
+        "--configs",
+        nargs="*",
+        type=_config,
+        default=None,
+        metavar="DEPTHxWIDTH",
+        help="run these configurations in turn instead of --depth/--width; given with no "
+        f"value: BENCHMARKS.md's rows ({' '.join(STANDARD_CONFIGS)})",
+    )
+    args = parser.parse_args(argv)
+    if args.configs is None:
+        configs = [(args.depth, args.width)]
+    else:
+        configs = args.configs or [_config(c) for c in STANDARD_CONFIGS]
+    for depth, width in configs:
+        json_path = _json_for(args.json, depth, width, len(configs) > 1)
+        print(run(depth, width, args.batch, args.rounds, args.inner, json_path), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from benchmarks import (
     _vit,
     checkpoint,
     compile_time,
+    load_speed,
     memory,
     run,
     step_overhead,
@@ -46,6 +47,26 @@ def test_benchmark_runs_and_prints_a_table(module, argv, capsys, tmp_path):
     assert "skipped" not in out  # the peers are installed with the test extra
     if module is checkpoint:
         assert list(tmp_path.iterdir()) == []  # cleaned up after itself
+
+
+def test_step_overhead_configs_parse_and_name_their_json(monkeypatch, tmp_path):
+    """``--configs`` runs each DEPTHxWIDTH in turn (no value: BENCHMARKS.md's rows), one JSON
+    file each; a malformed entry is refused by argparse, naming what it got."""
+    calls = []
+    monkeypatch.setattr(step_overhead, "run", lambda *a: calls.append(a) or "### table")
+    out = str(tmp_path / "out.json")
+    step_overhead.main(["--configs", "2x4", "3X5", "--rounds", "1", "--json", out])
+    assert [c[:2] for c in calls] == [(2, 4), (3, 5)]
+    assert [c[-1] for c in calls] == [str(tmp_path / f"out_d{n}.json") for n in ("2_w4", "3_w5")]
+    calls.clear()
+    step_overhead.main(["--configs"])
+    assert [c[:2] for c in calls] == [(8, 32), (32, 32), (8, 1024)]
+    calls.clear()
+    step_overhead.main(["--depth", "2", "--json", out])  # no --configs: one run, the path as given
+    assert [(c[:2], c[-1]) for c in calls] == [((2, 32), out)]
+    for bad in ["8x0", "8", "ax32"]:
+        with pytest.raises(SystemExit):
+            step_overhead.main(["--configs", bad])
 
 
 def test_vit_contenders_compute_the_same_loss(capsys, tmp_path):
@@ -207,3 +228,23 @@ def test_sharding_bytes_per_device_are_what_the_specs_say(tmp_path):
         assert r["total_params"] == total
     assert results["dp"]["params"] == total
     assert results["fsdp"]["params"] < 0.2 * total  # ~1/8: only norms and "out" biases whole
+
+
+def test_load_speed_runs_every_contender_on_the_same_state_dict(capsys, tmp_path):
+    """Tiny GPT-2: each contender's load is checked against the source values inside the
+    benchmark (it raises otherwise); the table and JSON name all three with their ratios."""
+    import jparam as jp
+
+    path = tmp_path / "load.json"
+    dims = ["--vocab", "64", "--dim", "16", "--layers", "2", "--ctx", "8"]
+    load_speed.main([*dims, "--rounds", "1", "--json", str(path)])
+    assert capsys.readouterr().out.startswith("### Load speed: GPT-2")
+    result = json.loads(path.read_text())
+    names = [load_speed.FLOOR, load_speed.FROM_TORCH, load_speed.FROM_NUMPY]
+    assert list(result["ratio"]) == names and result["ratio"][load_speed.FLOOR] == 1.0
+    # GPT-2's count with lm_head tied to wte: embeddings, 2 blocks, ln_f
+    block = 2 * 2 * 16 + (16 * 48 + 48) + (16 * 16 + 16) + (16 * 64 + 64) + (64 * 16 + 16)
+    assert result["parameters"] == 64 * 16 + 8 * 16 + 2 * block + 2 * 16
+    model = load_speed.build_jparam(64, 16, 2, 8)
+    assert model.num_parameters() == result["parameters"]
+    assert jp.ties(model) == {"lm_head.weight": ("wte.weight", False)}

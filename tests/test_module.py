@@ -293,6 +293,30 @@ def test_unflatten_never_runs_user_init():
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["plain", "inline"])
+def test_unflatten_rebuilds_the_instance_exactly_and_stays_frozen(inline):
+    """The generated unflatten (the per-node hot path of every jitted call) rebuilds each field,
+    static field and the training flag, and the copy is as immutable as the original."""
+
+    class Mixed(jp.Module):
+        a: jp.Parameter
+        k: int = jp.field(static=True)
+        items: list = jp.field(inline=inline)
+        b: jp.Buffer = None
+        name: str = jp.field(static=True, default="m")
+
+    m = Mixed(jp.Parameter(jnp.ones(2)), 3, [jp.Parameter(2.0), None], jp.Buffer(jnp.zeros(1)))
+    m = m.eval()
+    leaves, treedef = tree_util.tree_flatten(m)
+    out = tree_util.tree_unflatten(treedef, [x + 1 for x in leaves])
+    assert type(out) is Mixed and vars(out).keys() == vars(m).keys()
+    assert (out.k, out.name, out.training, out.b.__class__) == (3, "m", False, jp.Buffer)
+    assert type(out.items) is list and out.items[1] is None
+    chex.assert_trees_all_close((out.a.value, out.items[0].value, out.b.value), (2.0, 3.0, 1.0))
+    with pytest.raises(dataclasses.FrozenInstanceError, match="immutable"):
+        out.k = 4
+
+
 # -- inheritance and nesting -----------------------------------------------------------------
 
 
