@@ -6,6 +6,7 @@ tracing) and the error names the layer, what it expected and what it got.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -193,3 +194,31 @@ def affine(
         if p is not None:
             y = op(y, p.value if shape is None else p.value.reshape(shape))
     return y
+
+
+# -- layers whose field names depend on their arguments ---------------------------------------
+
+
+@functools.cache
+def fields_subclass(base: type, keys: tuple[str, ...]) -> type:
+    """The subclass of ``base`` whose fields are ``keys``, in order (created once per keys).
+
+    For layers whose parameter names depend on their arguments, as in PyTorch (a `ModuleDict`'s
+    keys, an LSTM's ``weight_ih_l0 ... weight_hr_l1_reverse``): each field is a pytree child
+    named by its key. The class keeps ``base``'s name and pickles through it.
+    """
+    namespace = {
+        "__annotations__": dict.fromkeys(keys, "Any"),
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+        "__doc__": base.__doc__,
+        "_jp_keys": keys,
+        "_jp_keyed_from": base,
+        "__reduce__": lambda self: (_unpickle_fields_subclass, (base, keys), dict(self.__dict__)),
+    }
+    return type(base)(base.__name__, (base,), namespace)
+
+
+def _unpickle_fields_subclass(base: type, keys: tuple[str, ...]) -> Any:
+    """Unpickles a `fields_subclass` instance: pickle can only name its base class."""
+    return object.__new__(fields_subclass(base, keys))

@@ -27,7 +27,7 @@ from ..module import Module, field
 from ..parameter import Buffer, Parameter
 from ..paths import join
 from ..tying import tie, ties, untie
-from ._utils import add_context
+from ._utils import add_context, fields_subclass
 
 __all__ = [
     "ModuleDict",
@@ -87,26 +87,6 @@ def _retie(old: Module, new: Module, rename: dict[str, str]) -> Module:
 # -- containers named by key: one field per key ------------------------------------------------
 
 
-@functools.cache
-def _keyed_class(base: type, keys: tuple[str, ...]) -> type:
-    """The subclass of ``base`` whose fields are ``keys``, in order (created once per keys)."""
-    namespace = {
-        "__annotations__": dict.fromkeys(keys, "Any"),
-        "__module__": base.__module__,
-        "__qualname__": base.__qualname__,
-        "__doc__": base.__doc__,
-        "_jp_keys": keys,
-        "_jp_keyed_from": base,
-        "__reduce__": lambda self: (_unpickle_keyed, (base, keys), dict(self.__dict__)),
-    }
-    return type(base)(base.__name__, (base,), namespace)
-
-
-def _unpickle_keyed(base: type, keys: tuple[str, ...]) -> Any:
-    """Unpickles a keyed container: its class is made at run time, so pickle names the base."""
-    return object.__new__(_keyed_class(base, keys))
-
-
 def _check_key(base: type, key: Any) -> str:
     """``key`` after PyTorch's checks for a child name (``add_module``'s rules)."""
     what = base.__name__
@@ -159,7 +139,7 @@ class _Keyed:
     def _become(self, base: type, pairs: list[tuple[str, Any]]) -> None:
         """Inside ``__init__``: switches to the keyed subclass of ``base`` and sets the fields."""
         keys = tuple(_check_key(base, k) for k, _ in pairs)
-        object.__setattr__(self, "__class__", _keyed_class(base, tuple(dict.fromkeys(keys))))
+        object.__setattr__(self, "__class__", fields_subclass(base, tuple(dict.fromkeys(keys))))
         for k, value in pairs:
             setattr(self, k, value)
 
@@ -434,7 +414,7 @@ class Sequential(Module):
         keys = tuple(_check_key(Sequential, k) for k, _ in pairs)
         if len(set(keys)) != len(keys):
             raise KeyError(f"Sequential names must be unique, got {list(keys)}")
-        object.__setattr__(self, "__class__", _keyed_class(Sequential, keys))
+        object.__setattr__(self, "__class__", fields_subclass(Sequential, keys))
         self.layers = ()
         for k, m in pairs:
             setattr(self, k, m)

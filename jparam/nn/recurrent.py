@@ -12,7 +12,6 @@ scan in one matrix product; only the hidden-to-hidden part runs step by step.
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from typing import Any, ClassVar
@@ -30,6 +29,7 @@ from ._utils import (
     check_int,
     check_probability,
     describe,
+    fields_subclass,
     require_key,
     shape_error,
 )
@@ -83,25 +83,6 @@ def _cell_shapes(
     if proj:
         shapes.append(("weight_hr", (proj, hidden)))
     return shapes
-
-
-@functools.cache
-def _named_class(base: type, names: tuple[str, ...]) -> type:
-    """The subclass of ``base`` whose fields are the parameter ``names`` (one per layout)."""
-    namespace = {
-        "__annotations__": dict.fromkeys(names, "Parameter | None"),
-        "__module__": base.__module__,
-        "__qualname__": base.__qualname__,
-        "__doc__": base.__doc__,
-        "_jp_names": names,
-        "_jp_named_from": base,
-        "__reduce__": lambda self: (_unpickle, (base, names), dict(self.__dict__)),
-    }
-    return type(base)(base.__name__, (base,), namespace)
-
-
-def _unpickle(base: type, names: tuple[str, ...]) -> Any:
-    return object.__new__(_named_class(base, names))
 
 
 # -- one step of each cell ----------------------------------------------------------------------
@@ -169,7 +150,7 @@ class _RNNBase(Module):
     dropout: float = field(static=True)
     bidirectional: bool = field(static=True)
     proj_size: int = field(static=True)
-    _jp_names: ClassVar[tuple[str, ...]] = ()
+    _jp_keys: ClassVar[tuple[str, ...]] = ()
 
     def _build(self, mode: str, args: dict[str, Any], key: jax.Array, dtype: DTypeLike) -> None:
         """Inside ``__init__``: checks the arguments, switches to the class with the parameter
@@ -197,7 +178,9 @@ class _RNNBase(Module):
                 stacklevel=4,
             )
         shapes = self._shapes()
-        object.__setattr__(self, "__class__", _named_class(type(self), tuple(n for n, _ in shapes)))
+        object.__setattr__(
+            self, "__class__", fields_subclass(type(self), tuple(n for n, _ in shapes))
+        )
         keys = jax.random.split(key, len(shapes))
         for k, (name, shape) in zip(keys, shapes):
             setattr(self, name, _uniform(k, shape, self.hidden_size, dtype))
