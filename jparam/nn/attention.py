@@ -220,22 +220,17 @@ class MultiheadAttention(Module):
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Checks the three inputs' shapes and returns them batch-first."""
         e, kd, vd = self.embed_dim, self.kdim, self.vdim
-        if self.batch_first:
-            query = check_input(self, query, f"(N, L, {e}) for query", (3,), {2: e})
-            n = query.shape[0]
-            key = check_input(self, key, f"({n}, S, {kd}) for key", (3,), {0: n, 2: kd})
-            s = key.shape[1]
-            value = check_input(
-                self, value, f"({n}, {s}, {vd}) for value", (3,), {0: n, 1: s, 2: vd}
-            )
-        else:
-            query = check_input(self, query, f"(L, N, {e}) for query", (3,), {2: e})
-            n = query.shape[1]
-            key = check_input(self, key, f"(S, {n}, {kd}) for key", (3,), {1: n, 2: kd})
-            s = key.shape[0]
-            value = check_input(
-                self, value, f"({s}, {n}, {vd}) for value", (3,), {0: s, 1: n, 2: vd}
-            )
+        b, t = (0, 1) if self.batch_first else (1, 0)  # the batch axis and the sequence axis
+
+        def shape(n: int | str, length: int | str, d: int) -> str:
+            return f"({n}, {length}, {d})" if self.batch_first else f"({length}, {n}, {d})"
+
+        query = check_input(self, query, f"{shape('N', 'L', e)} for query", (3,), {2: e})
+        n = query.shape[b]
+        key = check_input(self, key, f"{shape(n, 'S', kd)} for key", (3,), {b: n, 2: kd})
+        s = key.shape[t]
+        value = check_input(self, value, f"{shape(n, s, vd)} for value", (3,), {b: n, t: s, 2: vd})
+        if not self.batch_first:
             query, key, value = (jnp.swapaxes(x, 0, 1) for x in (query, key, value))
         return query, key, value
 

@@ -70,6 +70,44 @@ def _check_dims(layer: str, d_model: Any, nhead: Any, dim_feedforward: Any) -> t
     )
 
 
+def _build(
+    layer: Module,
+    attention: tuple[str, ...],
+    d_model: Any,
+    nhead: Any,
+    dim_feedforward: Any,
+    dropout: Any,
+    activation: Activation,
+    layer_norm_eps: float,
+    batch_first: bool,
+    norm_first: bool,
+    bias: bool,
+    key: jax.Array,
+    dtype: DTypeLike,
+) -> None:
+    """Checks the arguments and builds the fields both transformer layers have, under PyTorch's
+    names: the attention layers named in ``attention``, ``linear1``/``dropout``/``linear2``, and
+    ``normI``/``dropoutI`` for each of the ``len(attention) + 1`` sublayers."""
+    name = type(layer).__name__
+    require_key(key, name)
+    d_model, nhead, dim_feedforward = _check_dims(name, d_model, nhead, dim_feedforward)
+    layer.dropout_p = check_probability(name, "dropout", dropout)
+    layer.activation = _activation(name, activation)
+    layer.norm_first = bool(norm_first)
+    *attention_keys, k1, k2 = jax.random.split(key, len(attention) + 2)
+    for field_name, k in zip(attention, attention_keys):
+        attn = MultiheadAttention(
+            d_model, nhead, dropout, bias, batch_first=batch_first, key=k, dtype=dtype
+        )
+        setattr(layer, field_name, attn)
+    layer.linear1 = Linear(d_model, dim_feedforward, bias, key=k1, dtype=dtype)
+    layer.dropout = Dropout(dropout)
+    layer.linear2 = Linear(dim_feedforward, d_model, bias, key=k2, dtype=dtype)
+    for i in range(1, len(attention) + 2):
+        setattr(layer, f"norm{i}", LayerNorm(d_model, layer_norm_eps, bias=bias, dtype=dtype))
+        setattr(layer, f"dropout{i}", Dropout(dropout))
+
+
 class TransformerEncoderLayer(Module):
     """Self-attention then a feed-forward block, PyTorch's ``nn.TransformerEncoderLayer``.
 
@@ -106,23 +144,21 @@ class TransformerEncoderLayer(Module):
         key: jax.Array,
         dtype: DTypeLike = jnp.float32,
     ) -> None:
-        require_key(key, "TransformerEncoderLayer")
-        name = "TransformerEncoderLayer"
-        d_model, nhead, dim_feedforward = _check_dims(name, d_model, nhead, dim_feedforward)
-        self.dropout_p = check_probability(name, "dropout", dropout)
-        self.activation = _activation(name, activation)
-        self.norm_first = bool(norm_first)
-        ka, k1, k2 = jax.random.split(key, 3)
-        self.self_attn = MultiheadAttention(
-            d_model, nhead, dropout, bias, batch_first=batch_first, key=ka, dtype=dtype
+        _build(
+            self,
+            ("self_attn",),
+            d_model,
+            nhead,
+            dim_feedforward,
+            dropout,
+            activation,
+            layer_norm_eps,
+            batch_first,
+            norm_first,
+            bias,
+            key,
+            dtype,
         )
-        self.linear1 = Linear(d_model, dim_feedforward, bias, key=k1, dtype=dtype)
-        self.dropout = Dropout(dropout)
-        self.linear2 = Linear(dim_feedforward, d_model, bias, key=k2, dtype=dtype)
-        self.norm1 = LayerNorm(d_model, layer_norm_eps, bias=bias, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, layer_norm_eps, bias=bias, dtype=dtype)
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
 
     def _feed_forward(self, x: jax.Array, k1: Any, k2: Any) -> jax.Array:
         h = self.dropout(_apply_activation(self.activation, self.linear1(x)), key=k1)
@@ -196,25 +232,21 @@ class TransformerDecoderLayer(Module):
         key: jax.Array,
         dtype: DTypeLike = jnp.float32,
     ) -> None:
-        require_key(key, "TransformerDecoderLayer")
-        name = "TransformerDecoderLayer"
-        d_model, nhead, dim_feedforward = _check_dims(name, d_model, nhead, dim_feedforward)
-        self.dropout_p = check_probability(name, "dropout", dropout)
-        self.activation = _activation(name, activation)
-        self.norm_first = bool(norm_first)
-        ks, km, k1, k2 = jax.random.split(key, 4)
-        attn = dict(batch_first=batch_first, dtype=dtype)
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout, bias, key=ks, **attn)
-        self.multihead_attn = MultiheadAttention(d_model, nhead, dropout, bias, key=km, **attn)
-        self.linear1 = Linear(d_model, dim_feedforward, bias, key=k1, dtype=dtype)
-        self.dropout = Dropout(dropout)
-        self.linear2 = Linear(dim_feedforward, d_model, bias, key=k2, dtype=dtype)
-        self.norm1 = LayerNorm(d_model, layer_norm_eps, bias=bias, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, layer_norm_eps, bias=bias, dtype=dtype)
-        self.norm3 = LayerNorm(d_model, layer_norm_eps, bias=bias, dtype=dtype)
-        self.dropout1 = Dropout(dropout)
-        self.dropout2 = Dropout(dropout)
-        self.dropout3 = Dropout(dropout)
+        _build(
+            self,
+            ("self_attn", "multihead_attn"),
+            d_model,
+            nhead,
+            dim_feedforward,
+            dropout,
+            activation,
+            layer_norm_eps,
+            batch_first,
+            norm_first,
+            bias,
+            key,
+            dtype,
+        )
 
     def __call__(
         self,
