@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import os
-import pathlib
 import socket
 import subprocess
 import sys
@@ -11,20 +10,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+from example_modules import EXAMPLES, load_example
 
 import jparam as jp
-
-EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
-
-
-def load_example(name):
-    module_name = f"examples.{name}"
-    if module_name not in sys.modules:  # dataclasses look their module up in sys.modules
-        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[module_name]
 
 
 def test_vit_digits_learns_and_checkpoint_reloads(tmp_path):
@@ -212,3 +200,14 @@ def test_train_sharded_two_processes_as_documented():
     assert results[0]["first_loss"] == results[1]["first_loss"]
     assert results[0]["final_loss"] == results[1]["final_loss"] < results[0]["first_loss"]
     assert results[0]["specs"]["blocks.0.fc2.weight"] == "P('fsdp', 'tensor')"
+
+
+def test_port_llama_generates_what_transformers_generates():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    llama = load_example("port_llama")
+    flags = ["--vocab", "64", "--hidden", "32", "--intermediate", "64", "--new-tokens", "10"]
+    result = llama.main([*flags, "--quiet"])
+    assert result["max_logit_diff"] <= 1e-5 * result["max_abs_logit"]
+    assert np.asarray(result["tokens"]).shape == (2, 10)
+    assert result["tokens"] == result["hf_tokens"]  # greedy, with a KV cache, token for token
