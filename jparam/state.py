@@ -324,7 +324,30 @@ def load_state_dict(
     new = map_variables(viewed, lambda n, v: v.replace(values[n]) if n in values else v)
     if views:
         new = _from_views(new)
+    if any(not isinstance(v, jax.ShapeDtypeStruct) for v in values.values()):
+        _check_no_abstract_leftovers(new)
     return new if strict else (new, incompatible)
+
+
+def _check_no_abstract_leftovers(tree: Any) -> None:
+    """Refuses a real load that leaves a non-persistent Buffer abstract: no checkpoint holds
+    one, so a model built with ``jax.eval_shape`` would keep a shape without numbers there and
+    fail at its first call with an error about a ``ShapeDtypeStruct``."""
+    left = [
+        name
+        for name, node in walk(tree)
+        if isinstance(node, Buffer)
+        and not node.persistent
+        and isinstance(node.value, jax.ShapeDtypeStruct)
+    ]
+    if left:
+        raise StateDictError(
+            f"{', '.join(left)}: non-persistent jp.Buffer(s) of an abstract model (built with "
+            "jax.eval_shape) stay without values, since no state_dict holds them. Fill them "
+            'before loading, e.g. `model = jp.at(model, "name").set(jp.Buffer(values, '
+            "persistent=False))`, compute them from static fields inside __call__, or build "
+            "the model for real instead of with jax.eval_shape."
+        )
 
 
 # Imported last, as in `paths`: `module` imports this file at its end.

@@ -339,3 +339,32 @@ def test_a_pytorch_meta_tensor_joins_the_report_naming_its_key():
         lin.load_state_dict(state)
     msg = str(e.value)
     assert msg.startswith("2 error(s)") and "weight" in msg and "bias: shape mismatch" in msg
+
+
+class WithTable(jp.Module):
+    """A Linear and a non-persistent table (say, rotary frequencies), which no state_dict has."""
+
+    lin: jp.nn.Linear
+    table: jp.Buffer
+
+    def __init__(self, *, key):
+        self.lin = jp.nn.Linear(2, 3, key=key)
+        self.table = jp.Buffer(jnp.arange(3.0), persistent=False)
+
+    def __call__(self, x):
+        return self.lin(x) + self.table
+
+
+def test_a_real_load_into_an_abstract_model_refuses_to_leave_a_non_persistent_buffer_empty():
+    real = WithTable(key=jax.random.key(0))
+    state = {k: np.asarray(v) for k, v in real.state_dict().items()}
+    assert "table" not in state
+    abstract = jax.eval_shape(lambda k: WithTable(key=k), jax.random.key(1))
+    with pytest.raises(jp.StateDictError, match=r"table: non-persistent jp.Buffer.*jax.eval_shape"):
+        abstract.load_state_dict(state)
+    # filled first, it loads and runs
+    filled = jp.at(abstract, "table").set(jp.Buffer(jnp.arange(3.0), persistent=False))
+    loaded = filled.load_state_dict(state)
+    chex.assert_trees_all_close(loaded(jnp.ones((1, 2))), real(jnp.ones((1, 2))))
+    # an abstract load (a checkpoint reader checking shapes) is still fine
+    abstract.load_state_dict(jax.eval_shape(lambda: dict(real.state_dict())))
