@@ -21,6 +21,7 @@ from benchmarks import (
     compile_time,
     load_speed,
     memory,
+    port_sizes,
     run,
     step_overhead,
     tree_walks,
@@ -248,3 +249,49 @@ def test_load_speed_runs_every_contender_on_the_same_state_dict(capsys, tmp_path
     model = load_speed.build_jparam(64, 16, 2, 8)
     assert model.num_parameters() == result["parameters"]
     assert jp.ties(model) == {"lm_head.weight": ("wte.weight", False)}
+
+
+PORT = '''"""A port."""
+import jax
+
+# a comment
+MAPPING = jp.Mapping(
+    [  # an inline comment
+        rename("a", "b"),
+    ]
+)
+
+
+class Net(jp.Module):
+    """A docstring
+    over two lines."""
+
+    w: jp.Parameter  # counted
+
+    def __call__(self, x):
+        # not counted
+        return x
+
+
+def main():
+    pass
+'''
+
+
+def test_port_sizes_counts_code_lines_of_the_model_and_the_mapping():
+    assert port_sizes.sizes(PORT) == (4, 5)  # main() drives the port: not model code
+    assert port_sizes.sizes(
+        PORT.replace("MAPPING = jp.Mapping(", "MAPPING: Any = jp.Mapping(")
+    ) == (
+        4,
+        5,
+    )
+    assert port_sizes.sizes("MAPPING: jp.Mapping | None = None\n") == (0, 0)
+
+
+def test_port_sizes_lists_every_port_of_the_zoo(capsys):
+    rows = port_sizes.main([])
+    names = [name for name, *_ in rows]
+    assert names[0] == "llama" and {"t5", "clip", "whisper", "swin"} <= set(names)
+    assert all(model > 50 for _, _, model, _ in rows)  # a real model each
+    assert "| llama | `examples/port_llama.py` |" in capsys.readouterr().out
