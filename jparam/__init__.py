@@ -14,7 +14,7 @@ from .mapping import Mapping
 from .module import Module, PlainArrayWarning, field
 from .monitoring import NonFinite, check_finite, first_nonfinite, global_norm, stats
 from .optim import Optimizer
-from .parameter import Buffer, Parameter, to_array
+from .parameter import ArrayNode, Buffer, Parameter, to_array
 from .partition import merge, split
 from .paths import (
     buffers,
@@ -46,6 +46,7 @@ from .tying import TiedTo, tie, ties, untie
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArrayNode",
     "Buffer",
     "CheckpointError",
     "Filter",

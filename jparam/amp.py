@@ -5,6 +5,11 @@ to the compute dtype (bfloat16 or float16) runs the forward and backward pass; t
 of the differentiated function, so gradients come back in float32, shaped like the model, ready
 for `jp.Optimizer` or optax::
 
+    model = nn.Linear(4, 2, key=jax.random.key(0))
+    opt = jp.Optimizer(optax.sgd(0.1), model)
+    loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
+    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
+
     policy = jp.amp.Policy.parse("params=float32,compute=bfloat16,output=float32")
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -13,10 +18,19 @@ for `jp.Optimizer` or optax::
         model, opt = jp.amp.update_if_finite(opt, model, grads, finite)
         return model, opt, loss
 
+    model, opt, loss = train_step(model, opt, x, y)
+    assert model.weight.dtype == jnp.float32      # the master weights stay float32
+
 float16 has a narrow range: gradients below about 6e-8 round to zero. Dynamic loss scaling
 (PyTorch's ``GradScaler``) multiplies the loss by a large factor before the backward pass,
 divides the gradients by it afterwards, and adapts the factor: it shrinks when gradients
 overflow (the step is then skipped) and grows after a run of finite steps::
+
+    model = nn.Linear(4, 2, key=jax.random.key(0))
+    opt = jp.Optimizer(optax.sgd(0.1), model)
+    loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
+    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
+    policy = jp.amp.Policy(compute="float16")
 
     scaler = jp.amp.DynamicLossScale()           # 2**16, x2 every 2000 finite steps, /2 on Inf
 
@@ -25,6 +39,8 @@ overflow (the step is then skipped) and grows after a run of finite steps::
         loss, grads, scaler, finite = jp.amp.value_and_grad(loss_fn, policy, scaler)(model, x, y)
         model, opt = jp.amp.update_if_finite(opt, model, grads, finite)
         return model, opt, scaler, loss
+
+    model, opt, scaler, loss = train_step(model, opt, scaler, x, y)
 
 Casting rule (`Policy.cast_to_compute` and friends): floating Parameters, trainable and frozen,
 and plain floating arrays (inputs, constants) are cast; Buffers keep their dtype, so
@@ -139,9 +155,12 @@ class Policy:
     short names (``f32``, ``bf16``, ``f16``, ``half``, ``full``) or dtype objects. A policy is
     immutable and hashable, so it can be a static argument of ``jax.jit``::
 
+        model, x = nn.Linear(4, 2, key=jax.random.key(0)), jnp.ones((8, 4))
+
         policy = jp.amp.Policy(compute=jnp.float16)
         policy = jp.amp.Policy.parse("params=float32,compute=bfloat16,output=float32")
         y = policy.cast_to_output(policy.cast_to_compute(model)(policy.cast_to_compute(x)))
+        assert y.dtype == jnp.float32
 
     See the module docstring for what each cast touches (Buffers never change).
     """
@@ -222,9 +241,17 @@ class DynamicLossScale:
 
     Example::
 
+        model = nn.Linear(4, 2, key=jax.random.key(0))
+        loss_fn = lambda m: jnp.mean(m(jnp.ones((8, 4))) ** 2)
+
+        @jax.jit
+        def grads_and_scale(model, scaler):
+            grads = scaler.unscale(jax.grad(lambda m: scaler.scale(loss_fn(m)))(model))
+            scaler = scaler.adjust(jp.amp.all_finite(grads))
+            return grads, scaler
+
         scaler = jp.amp.DynamicLossScale()
-        grads = scaler.unscale(jax.grad(lambda m: scaler.scale(loss_fn(m)))(model))
-        scaler = scaler.adjust(jp.amp.all_finite(grads))
+        grads, scaler = grads_and_scale(model, scaler)
     """
 
     __slots__ = (
@@ -397,9 +424,23 @@ def take_buffers(model: M, updated: Any) -> M:
     statistics) holds compute-dtype parameter copies; this keeps the float32 master
     parameters of ``model`` and the new buffers of ``updated``::
 
-        (loss, new), grads, scaler, finite = jp.amp.value_and_grad(
-            loss_with_stats, policy, scaler, has_aux=True)(model, x, y)
-        model = jp.amp.take_buffers(model, new)
+        model = nn.Sequential(nn.Linear(4, 2, key=jax.random.key(0)), nn.BatchNorm1d(2))
+        x, y = jnp.linspace(-1.0, 1.0, 32).reshape(8, 4), jnp.zeros((8, 2))
+        policy, scaler = jp.amp.Policy(compute="float16"), jp.amp.DynamicLossScale()
+
+        def loss_with_stats(model, x, y):
+            out, new = nn.stateful_call(model, x)          # new running statistics
+            return jnp.mean((out - y) ** 2), new
+
+        @jax.jit
+        def train_step(model, scaler, x, y):
+            (loss, new), grads, scaler, finite = jp.amp.value_and_grad(
+                loss_with_stats, policy, scaler, has_aux=True)(model, x, y)
+            model = jp.amp.take_buffers(model, new)
+            return model, scaler, grads
+
+        model, scaler, grads = train_step(model, scaler, x, y)
+        assert model[0].weight.dtype == model[1].running_mean.dtype == jnp.float32
     """
     buffers, rest = split(model, is_buffer)
     new_buffers, _ = split(updated, is_buffer)

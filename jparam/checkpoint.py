@@ -2,10 +2,17 @@
 
 ::
 
-    jp.save_checkpoint("runs/a", step, model=model, opt=opt, key=key, epoch=3, keep=3)
+    import tempfile
+
+    model = nn.Linear(4, 2, key=jax.random.key(0))
+    opt, key, step = jp.Optimizer(optax.adam(1e-3), model), jax.random.key(1), 1000
+    runs = tempfile.mkdtemp()
+
+    jp.save_checkpoint(runs, step, model=model, opt=opt, key=key, epoch=3, keep=3)
     ...
-    ckpt = jp.load_checkpoint("runs/a", model=model, opt=opt)   # the latest step
+    ckpt = jp.load_checkpoint(runs, model=model, opt=opt)   # the latest step
     model, opt, key, step = ckpt["model"], ckpt["opt"], ckpt["key"], ckpt["step"]
+    assert step == 1000 and ckpt["epoch"] == 3
 
 Each step is a directory ``step_000001000/`` holding ``model.safetensors`` (readable by PyTorch),
 ``optimizer.safetensors`` (optax state by parameter name), ``extra.safetensors`` for array

@@ -16,9 +16,17 @@ Two kinds, as in PyTorch practice:
 
 ::
 
+    from collections import OrderedDict
+
+    fc, head = nn.Linear(4, 4, key=jax.random.key(0)), nn.Linear(4, 2, key=jax.random.key(1))
+    model = nn.Sequential(OrderedDict(fc=fc, relu=nn.ReLU(), head=head))
+    loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
+    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
+
     model = jp.parametrize(model, "fc.weight", jp.constraints.orthogonal())
     model = jp.parametrize(model, "head.weight", jp.constraints.weight_norm())
     w = jp.Parameter(jnp.ones((4, 3)), project=jp.constraints.nonnegative())
+    opt = jp.Optimizer(optax.sgd(1e-3), model)
 
     @jax.jit
     def train_step(model, opt, x, y):
@@ -26,7 +34,9 @@ Two kinds, as in PyTorch practice:
         model, opt = opt.update(model, grads)
         return jp.project(model), opt, loss          # projections after the step
 
+    model, opt, loss = train_step(model, opt, x, y)
     torch_sd = jp.constraints.remove(model).state_dict()   # effective weights, PyTorch's names
+    assert list(torch_sd) == ["fc.weight", "fc.bias", "head.weight", "head.bias"]
 
 Registering keeps the weight where it can: the raw values come from the parametrization's
 ``right_inverse`` (softplus⁻¹ for `positive`, ``g = ‖v‖`` for `weight_norm`, a QR base for
@@ -50,10 +60,10 @@ import numpy as np
 from jax.scipy.linalg import expm
 
 from .module import Module, field
-from .nn.stateful import update_state
-from .parameter import Buffer, Parameter, _Variable, dtype_shape
-from .paths import map_variables, named_parameters, walk
-from .surgery import _get, _resolve, _update
+from .parameter import ArrayNode, Buffer, Parameter, dtype_shape
+from .paths import get_at, map_variables, named_parameters, update_at, walk
+from .stateful import update_state
+from .surgery import selected_names
 
 __all__ = [
     "Parametrization",
@@ -90,7 +100,8 @@ class Parametrization(Module):
             def __call__(self, x):
                 return jnp.triu(x) + jnp.triu(x, 1).T
 
-        model = jp.parametrize(model, "fc.weight", Symmetric())
+        fc = jp.parametrize(nn.Linear(4, 4, key=jax.random.key(0)), "weight", Symmetric())
+        assert jnp.array_equal(fc.weight.value, fc.weight.value.T)
 
     A plain function passed to `parametrize` is wrapped as one with the identity inverse.
     """
@@ -107,7 +118,7 @@ class Parametrization(Module):
         return self
 
 
-class Parametrized(Module):
+class Parametrized(Module, ArrayNode):
     """A weight computed from raw Parameters: ``parametrization(*original)``; array-like.
 
     Made by `parametrize`. ``.value`` is the effective weight, and the node supports what a
@@ -150,64 +161,6 @@ class Parametrized(Module):
     @property
     def size(self) -> int:
         return math.prod(self.shape)
-
-
-# Array behaviour: the very functions `Parameter` uses, all written in terms of ``self.value``.
-_ARRAY_METHODS = (
-    "__jax_array__",
-    "__array__",
-    "T",
-    "mT",
-    "__getattr__",
-    "__getitem__",
-    "__len__",
-    "__iter__",
-    "__bool__",
-    "__float__",
-    "__int__",
-    "__index__",
-    "__complex__",
-    "__neg__",
-    "__pos__",
-    "__abs__",
-    "__invert__",
-    "__add__",
-    "__radd__",
-    "__sub__",
-    "__rsub__",
-    "__mul__",
-    "__rmul__",
-    "__matmul__",
-    "__rmatmul__",
-    "__truediv__",
-    "__rtruediv__",
-    "__floordiv__",
-    "__rfloordiv__",
-    "__mod__",
-    "__rmod__",
-    "__pow__",
-    "__rpow__",
-    "__and__",
-    "__rand__",
-    "__or__",
-    "__ror__",
-    "__xor__",
-    "__rxor__",
-    "__lshift__",
-    "__rlshift__",
-    "__rshift__",
-    "__rrshift__",
-    "__lt__",
-    "__le__",
-    "__gt__",
-    "__ge__",
-    "__eq__",
-    "__ne__",
-    "__hash__",
-)
-for _name in _ARRAY_METHODS:
-    setattr(Parametrized, _name, _Variable.__dict__[_name])
-del _name
 
 
 def _with_context(e: Exception, where: str) -> Exception:
@@ -506,7 +459,7 @@ def _mode_at(tree: Any, name: str) -> bool:
     """The training flag of the module nearest above ``name`` (True if there is none)."""
     segs = name.split(".")
     for depth in range(len(segs) - 1, -1, -1):
-        node = _get(tree, ".".join(segs[:depth])) if depth else tree
+        node = get_at(tree, ".".join(segs[:depth])) if depth else tree
         if isinstance(node, Module):
             return node.training
     return True
@@ -577,8 +530,10 @@ def parametrize(target: Any, *args: Any) -> Any:
     or a plain function ``raw -> weight``. Raw Parameters keep the old one's trainable flag
     and metadata. Parametrizing a parametrized weight composes the maps::
 
-        model = jp.parametrize(model, "fc.weight", jp.constraints.orthogonal())
-        [n for n, _ in model.named_parameters()]    # [..., "fc.weight.original", ...]
+        model = nn.Sequential(nn.Linear(4, 4, key=jax.random.key(0)))
+        model = jp.parametrize(model, "0.weight", jp.constraints.orthogonal())
+        names = [n for n, _ in model.named_parameters()]
+        assert names == ["0.bias", "0.weight.original"]   # as PyTorch lists them
     """
     if isinstance(target, (Parameter, Parametrized)):
         if len(args) != 1:
@@ -591,12 +546,12 @@ def parametrize(target: Any, *args: Any) -> Any:
     where, constraint = args
     constraint = _as_parametrization(constraint)
     tree = target
-    for name in _resolve(target, where):
+    for name in selected_names(target, where):
         mode = _mode_at(tree, name)
-        # `_update`, not `jp.at(...).apply`: that would turn the array-like node into a
+        # `update_at`, not `jp.at(...).apply`: that would turn the array-like node into a
         # Parameter holding its value, as it does for any array set where a Parameter was.
         wrap = lambda node, n=name, m=mode: _wrap(node, constraint, n, m)
-        tree = _update(tree, name.split("."), wrap, name)
+        tree = update_at(tree, name, wrap)
     return tree
 
 
@@ -630,21 +585,24 @@ def remove(tree: T, where: Any = None, *, leave_parametrized: bool = True) -> T:
     weights under the names a plain PyTorch model uses. ``leave_parametrized=False`` puts the
     raw Parameter back instead (one raw of the weight's shape only)::
 
-        torch_model.load_state_dict(jp.constraints.remove(model).state_dict())
+        model = jp.parametrize(nn.Linear(4, 4, key=jax.random.key(0)), "weight",
+                               jp.constraints.orthogonal())
+        state = jp.constraints.remove(model).state_dict()
+        assert list(state) == ["weight", "bias"]    # what torch.nn.Linear's load_state_dict takes
     """
     if where is None:
         names = [n for n, node in walk(tree) if isinstance(node, Parametrized)]
         names = [n for n in names if not any(n.startswith(m + ".") for m in names if m != n)]
     else:
-        names = _resolve(tree, where)
+        names = selected_names(tree, where)
     for name in names:
-        node = _get(tree, name) if name else tree
+        node = get_at(tree, name) if name else tree
         if not isinstance(node, Parametrized):
             raise TypeError(
                 f"remove: {name!r} is a {type(node).__name__}, not a parametrized weight"
             )
         new = _removed(node, name, leave_parametrized)
-        tree = new if not name else _update(tree, name.split("."), lambda _, v=new: v, name)
+        tree = new if not name else update_at(tree, name, lambda _, v=new: v)
     return tree
 
 
@@ -656,8 +614,15 @@ def project(tree: T, *, include_frozen: bool = False) -> T:
 
     Call it after the optimizer step, inside the jitted step or outside::
 
+        model = nn.Linear(4, 2, key=jax.random.key(0))
+        model = model.replace(weight=jp.Parameter(model.weight.value,
+                                                  project=jp.constraints.nonnegative()))
+        opt = jp.Optimizer(optax.sgd(1.0), model)
+        grads = jp.grad(lambda m: m(jnp.ones(4)).sum())(model)
+
         model, opt = opt.update(model, grads)
         model = jp.project(model)
+        assert (model.weight.value >= 0).all()
 
     Frozen parameters do not move, so they are left alone unless ``include_frozen=True`` (use
     that once to make initial values meet their constraints). The function must return an

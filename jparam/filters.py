@@ -10,7 +10,9 @@ A filter is any of:
 
 Filters combine with ``&``, ``|`` and ``~``::
 
+    model = nn.Sequential(nn.Linear(4, 4, key=jax.random.key(0)), nn.LayerNorm(4))
     params, rest = jp.split(model, jp.trainable & ~jp.name("*.bias"))
+    assert list(params) == ["0.weight", "1.weight"]
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Example::
     import math, jax
     from jparam import init
 
-    w = init.kaiming_uniform(jax.random.key(0), (128, 64), a=math.sqrt(5))
+    w = init.kaiming_uniform(jax.random.key(0), (8, 4), a=math.sqrt(5))   # nn.Linear(4, 8).weight
 """
 
 from __future__ import annotations

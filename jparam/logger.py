@@ -10,7 +10,19 @@ device in one jitted computation, and only those few small arrays are fetched (n
 parameters themselves), then written as one event. Files are written by ``tensorboardX``'s
 ``FileWriter`` (``pip install 'jparam[monitoring]'``) in TensorBoard's event format::
 
-    with jp.TensorBoardLogger("runs/vit", every=100) as logger:
+    import tempfile
+
+    model = nn.Linear(4, 2, key=jax.random.key(0))
+    opt = jp.Optimizer(optax.sgd(0.1), model)
+    x, y, steps, runs = jnp.ones((8, 4)), jnp.zeros((8, 2)), 3, tempfile.mkdtemp()
+
+    @jax.jit
+    def train_step(model, opt, x, y):
+        loss, grads = jp.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        model, opt = opt.update(model, grads)
+        return model, opt, loss, grads
+
+    with jp.TensorBoardLogger(f"{runs}/vit", every=100) as logger:
         for step in range(steps):
             model, opt, loss, grads = train_step(model, opt, x, y)
             logger.log(step, params=model, grads=grads, scalars={"train/loss": loss})

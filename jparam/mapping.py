@@ -6,13 +6,23 @@ regex, and value transforms (transpose, split a fused tensor, concatenate, resha
 matching names; ``jp.save(..., mapping=m)`` applies its inverse (rules reversed, each inverted)
 to write the checkpoint's original names and layouts back::
 
+    import tempfile
+
+    # blocks.N.q/k/v, where GPT-2 has one fused h.N.attn.c_attn
+    qkv = {name: nn.Linear(4, 4, key=jax.random.key(i)) for i, name in enumerate("qkv")}
+    model = nn.ModuleDict({"blocks": nn.ModuleList([nn.ModuleDict(qkv)])})
+    hf_state = {"h.0.attn.c_attn.weight": np.ones((4, 12), np.float32),
+                "h.0.attn.c_attn.bias": np.zeros(12, np.float32)}
+
     m = jp.Mapping([
         jp.mapping.transpose("h.*.attn.c_attn.weight"),                  # Conv1D is (in, out)
         jp.mapping.split_into("h.*.attn.c_attn.*", ["h.*.q.*", "h.*.k.*", "h.*.v.*"]),
         jp.mapping.rename(r"h\\.(\\d+)\\.(.*)", r"blocks.\\1.\\2", regex=True),
     ])
     model = model.load_state_dict(hf_state, mapping=m)
-    jp.save("gpt2.safetensors", model, mapping=m)                     # HF's names again
+    path = f"{tempfile.mkdtemp()}/gpt2.safetensors"
+    jp.save(path, model, mapping=m)                                   # HF's names again
+    assert set(jp.load_file(path)[0]) == set(hf_state)
 
 Saving inverts each rule, so keep every rule one-to-one on the names it sees: a rename's target
 pattern should match only the names that rename makes (rename ``h.N.attn.c_proj`` to

@@ -12,24 +12,44 @@ stacked array there is one entry: the dict has no layers to name).
 ``jp.stats(tree)`` and ``jp.global_norm(tree)`` return arrays and never sync with the host, so
 they belong inside the jitted step, where they fuse into the step's one computation::
 
+    model, tx = nn.Linear(4, 2, key=jax.random.key(0)), optax.sgd(0.1)
+    params, rest = jp.split(model, jp.trainable)
+    opt_state = tx.init(params)
+    loss_fn = lambda params, rest, x, y: jnp.mean((jp.merge(params, rest)(x) - y) ** 2)
+
     @jax.jit
     def train_step(params, rest, opt_state, x, y):
         loss, grads = jax.value_and_grad(loss_fn)(params, rest, x, y)
-        ...
+        updates, opt_state = tx.update(grads, opt_state)
+        params = optax.apply_updates(params, updates)
         return params, opt_state, {"loss": loss, "grad_norm": jp.global_norm(grads),
                                    "grads": jp.stats(grads)}
+
+    params, opt_state, logs = train_step(params, rest, opt_state, jnp.ones((8, 4)),
+                                         jnp.zeros((8, 2)))
+    print(logs["grad_norm"], logs["grads"]["weight"]["norm"])
 
 The NaN/Inf guard has two halves. Outside jit, ``jp.check_finite(grads)`` raises a
 `FloatingPointError` naming the first offending parameter. Inside jit, ``jp.first_nonfinite``
 returns a small `NonFinite` pytree: four int32 numbers as its only array and the names as
 static data, which a jitted function can return; the host turns it into the same message::
 
+    model = nn.Linear(4, 2, key=jax.random.key(0))
+    params, rest = jp.split(model, jp.trainable)
+    loss_fn = lambda params, x, y: jnp.mean((jp.merge(params, rest)(x) - y) ** 2)
+    x, y = jnp.full((8, 4), jnp.nan), jnp.zeros((8, 2))   # a bad batch
+
     @jax.jit
-    def train_step(params, opt_state, x, y):
+    def train_step(params, x, y):
         loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        return ..., jp.first_nonfinite(grads)      # one int32[4] array leaves the device
-    params, opt_state, bad = train_step(params, opt_state, x, y)
-    jp.check_finite(bad, what="gradients")         # raises FloatingPointError naming the path
+        params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+        return params, jp.first_nonfinite(grads)      # one int32[4] array leaves the device
+
+    params, bad = train_step(params, x, y)
+    try:
+        jp.check_finite(bad, what="gradients")     # raises FloatingPointError naming the path
+    except FloatingPointError as error:
+        print(error)        # gradients: 'bias' has 2 NaN and 0 Inf values (first of 2 ...)
 
 Statistics are computed in float32 for low-precision floats (bfloat16, float16) and for integer
 and bool arrays; float64 stays float64. Only floating arrays are checked for NaN/Inf; integer

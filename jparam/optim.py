@@ -5,6 +5,10 @@ route: it keeps optax state for the trainable parameters only, keyed by paramete
 survives saving and loading by name) and stored as flat dicts (so a jitted step flattens it as
 cheaply as a dict of arrays)::
 
+    model = nn.Linear(4, 2, key=jax.random.key(0))
+    loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
+    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
+
     opt = jp.Optimizer(optax.adamw(1e-3), model)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -13,15 +17,22 @@ cheaply as a dict of arrays)::
         model, opt = opt.update(model, grads)
         return model, opt, loss
 
+    model, opt, loss = train_step(model, opt, x, y)
+
 Parameter groups come from names and metadata, for ``optax.masked``, ``optax.multi_transform``
 and ``add_decayed_weights``::
 
-    tx = optax.adamw(1e-3, weight_decay=0.05, mask=jp.optim.weight_decay_mask(model))
-    tx = optax.multi_transform(
+    model = nn.ModuleDict({"backbone": nn.Linear(4, 4, key=jax.random.key(0)),
+                           "head": nn.Linear(4, 2, key=jax.random.key(1))})
+    model = jp.at(model, "head.weight").apply(lambda w: w.replace(lr_scale=10.0))
+
+    decay = optax.adamw(1e-3, weight_decay=0.05, mask=jp.optim.weight_decay_mask(model))
+    groups = optax.multi_transform(
         {"slow": optax.adam(1e-5), "fast": optax.adam(1e-3)},
         jp.optim.labels(model, {"backbone.*": "slow", "*": "fast"}),
     )
-    tx = optax.chain(optax.adam(1e-3), jp.optim.scale_by_metadata(model, "lr_scale"))
+    per_param = optax.chain(optax.adam(1e-3), jp.optim.scale_by_metadata(model, "lr_scale"))
+    opts = [jp.Optimizer(tx, model) for tx in (decay, groups, per_param)]
 
 Each helper returns a function of the params tree, so the same ``tx`` serves the plain-optax
 pattern (a model-shaped tree) and `Optimizer` (a dict keyed by name).
@@ -38,6 +49,7 @@ import numpy as np
 import optax
 from jax import tree_util
 
+from .conversion import abstract_errors, dtype_kind
 from .filters import (
     Filter,
     FilterLike,
@@ -54,7 +66,7 @@ from .filters import (
 from .parameter import Parameter, _Variable, dtype_shape
 from .partition import Hole, merge, split
 from .paths import map_variables, named_parameters, path_name, walk
-from .state import abstract_errors, dtype_kind, match_state
+from .state import match_state
 
 __all__ = [
     "Optimizer",
@@ -344,7 +356,10 @@ def mask(
     Selects trainable parameters matching ``include`` (default: all) and not ``exclude``;
     filters are name globs, `jp.Filter` objects or predicates on the Parameter::
 
+        model = nn.ModuleDict({"fc": nn.Linear(4, 4, key=jax.random.key(0)),
+                               "norm": nn.LayerNorm(4)})
         tx = optax.adamw(1e-3, mask=jp.optim.mask(model, exclude=["*.bias", "*norm*"]))
+        opt = jp.Optimizer(tx, model)
 
     An `nn.Stacked` array's layers answer to their per-layer names (``h.3.attn.w``) and
     predicates see one layer (its shape, its flag). A mask covers a whole array: a filter that
@@ -470,10 +485,14 @@ def scale_by_name(
     `nn.Stacked` array (its rows are scaled by their per-layer names), so layer-wise learning
     rates fit a scanned model::
 
+        h = nn.Stacked(lambda k: nn.Linear(8, 8, key=k), 24, key=jax.random.key(0))
+        model = nn.ModuleDict({"h": h, "head": nn.Linear(8, 2, key=jax.random.key(1))})
+
         tx = optax.chain(
             optax.adamw(1e-3),
             jp.optim.scale_by_name(model, {"h.[0-5].*": 0.1, "h.*": 0.5, "head.*": 1.0}),
         )
+        opt = jp.Optimizer(tx, model)
 
     Scaling happens after the optimizer, so it scales the whole step (weight decay included),
     as a per-group learning rate does in PyTorch.

@@ -8,8 +8,9 @@ Example::
 
     w = jp.Parameter(jnp.eye(3))                    # trainable by default
     b = jp.Parameter(jnp.zeros(3), trainable=False, axes=("embed",))
-    y = x @ w + b                                   # behaves like an array
+    y = jnp.ones((2, 3)) @ w + b                    # behaves like an array
     w2 = w.freeze()                                 # new object; `w` is unchanged
+    assert w.trainable and not w2.trainable and b.metadata["axes"] == ("embed",)
 
 Like modules they are immutable (``w.value = x`` raises; ``w.replace(x)`` makes a copy), and a
 frozen Parameter or a Buffer contributes no gradient under any JAX transform: reading its value
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import tree_util
 
-__all__ = ["Buffer", "Parameter", "to_array"]
+__all__ = ["ArrayNode", "Buffer", "Parameter", "to_array"]
 
 _new = object.__new__
 _Tracer = jax.core.Tracer
@@ -270,71 +271,20 @@ def _immutable(obj: Any, name: str, verb: str) -> str:
     )
 
 
-class _Variable:
-    """Array behaviour shared by `Parameter` and `Buffer` (not public: subclass those)."""
+class ArrayNode:
+    """Array behaviour for any node that holds an array as ``value``: the one shared base.
 
-    __slots__ = ("_meta", "_value")
-    _value: Any  # the raw array: the pytree leaf
-    _meta: tuple  # (trainable flag or None for buffers, sorted metadata items)
+    Operators, ``shape``/``dtype``/``ndim``/``size``, ``T``, indexing, ``__jax_array__`` (so
+    ``jnp`` functions take the node as it is) and every other array method (forwarded to
+    ``value``) are written in terms of ``self.value``. `Parameter` and `Buffer` derive from it,
+    and so does anything else that stands for an array in a model, e.g. a parametrized weight
+    (`jp.parametrize`), whose ``value`` is computed. Comparisons are elementwise, as for arrays,
+    so these nodes are unhashable.
+    """
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        _register(cls)  # every subclass is a pytree node too
+    __slots__ = ()
+    value: Any
 
-    @_frozen
-    def value(self) -> Any:
-        """The array. Inside a trace, a frozen Parameter's or a Buffer's is gradient-stopped.
-
-        So ``jax.grad(loss)(model)``, ``eqx.filter_grad`` or optax on a whole model never train
-        a frozen parameter: its gradient is zero. Outside a trace this is the stored array.
-        """
-        v = self._value
-        if self._meta[0] is not True and isinstance(v, _Tracer):
-            return _stop_gradient(v)
-        return v
-
-    @_frozen
-    def data(self) -> Any:
-        """PyTorch's name for `value`; assigning it raises, as for `value`."""
-        return self.value
-
-    def __reduce__(self) -> tuple:
-        # Metadata is interned again on load, so treedefs compare by identity as before.
-        return (_unpickle, (type(self), self._meta[0], self._meta[1], self._value))
-
-    # -- metadata -------------------------------------------------------------------------
-    @_frozen
-    def metadata(self) -> dict[str, Any]:
-        """User metadata (a fresh dict: editing it changes nothing; use `replace`)."""
-        return dict(self._meta[1])
-
-    def replace(self, value: Any = None, /, **changes: Any) -> Any:
-        """Returns a copy with the value (positional) and/or metadata entries changed.
-
-        ``p.replace(x)`` changes the value; keywords are metadata (``p.replace(axes=...)``), so
-        metadata may be named anything, ``value`` included.
-        """
-        if value is None:
-            new = self._value
-        else:
-            new = to_array(value, what=f"{type(self).__name__}.replace value")
-        meta = self._rebuild_meta(changes) if changes else self._meta
-        return rebuild_variable(type(self), meta, new)
-
-    def _with_value(self, value: Any) -> Any:
-        # Unchecked: for library code that already holds a valid (possibly traced) array.
-        return rebuild_variable(type(self), self._meta, value)
-
-    def _rebuild_meta(self, changes: dict[str, Any]) -> tuple:
-        merged = dict(self._meta[1])
-        merged.update(changes)
-        return _intern_meta(self._meta[0], merged)
-
-    def astype(self, dtype: Any) -> Any:
-        """Returns a copy whose value is cast to ``dtype`` (metadata kept)."""
-        return self.replace(jnp.asarray(self.value).astype(dtype))
-
-    # -- array behaviour --------------------------------------------------------------------
     def __jax_array__(self) -> jax.Array:
         return self.value
 
@@ -433,6 +383,71 @@ class _Variable:
     __ne__ = _binary(operator.ne)[0]
     __hash__ = None  # elementwise __eq__, like arrays
 
+
+class _Variable(ArrayNode):
+    """What `Parameter` and `Buffer` share: a pytree leaf with metadata (subclass those)."""
+
+    __slots__ = ("_meta", "_value")
+    _value: Any  # the raw array: the pytree leaf
+    _meta: tuple  # (trainable flag or None for buffers, sorted metadata items)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register(cls)  # every subclass is a pytree node too
+
+    @_frozen
+    def value(self) -> Any:
+        """The array. Inside a trace, a frozen Parameter's or a Buffer's is gradient-stopped.
+
+        So ``jax.grad(loss)(model)``, ``eqx.filter_grad`` or optax on a whole model never train
+        a frozen parameter: its gradient is zero. Outside a trace this is the stored array.
+        """
+        v = self._value
+        if self._meta[0] is not True and isinstance(v, _Tracer):
+            return _stop_gradient(v)
+        return v
+
+    @_frozen
+    def data(self) -> Any:
+        """PyTorch's name for `value`; assigning it raises, as for `value`."""
+        return self.value
+
+    def __reduce__(self) -> tuple:
+        # Metadata is interned again on load, so treedefs compare by identity as before.
+        return (_unpickle, (type(self), self._meta[0], self._meta[1], self._value))
+
+    # -- metadata -------------------------------------------------------------------------
+    @_frozen
+    def metadata(self) -> dict[str, Any]:
+        """User metadata (a fresh dict: editing it changes nothing; use `replace`)."""
+        return dict(self._meta[1])
+
+    def replace(self, value: Any = None, /, **changes: Any) -> Any:
+        """Returns a copy with the value (positional) and/or metadata entries changed.
+
+        ``p.replace(x)`` changes the value; keywords are metadata (``p.replace(axes=...)``), so
+        metadata may be named anything, ``value`` included.
+        """
+        if value is None:
+            new = self._value
+        else:
+            new = to_array(value, what=f"{type(self).__name__}.replace value")
+        meta = self._rebuild_meta(changes) if changes else self._meta
+        return rebuild_variable(type(self), meta, new)
+
+    def _with_value(self, value: Any) -> Any:
+        # Unchecked: for library code that already holds a valid (possibly traced) array.
+        return rebuild_variable(type(self), self._meta, value)
+
+    def _rebuild_meta(self, changes: dict[str, Any]) -> tuple:
+        merged = dict(self._meta[1])
+        merged.update(changes)
+        return _intern_meta(self._meta[0], merged)
+
+    def astype(self, dtype: Any) -> Any:
+        """Returns a copy whose value is cast to ``dtype`` (metadata kept)."""
+        return self.replace(jnp.asarray(self.value).astype(dtype))
+
     def _value_repr(self) -> str:
         try:
             return dtype_shape(self.value)
@@ -443,10 +458,25 @@ class _Variable:
         return "".join(f", {k}={v!r}" for k, v in self._meta[1])
 
     def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
-        """Treescope's rendering in notebooks (see `jparam.summary.variable_treescope_repr`)."""
-        from .summary import variable_treescope_repr
+        """Treescope's rendering in notebooks: value (shape, dtype), flag, metadata.
 
-        return variable_treescope_repr(self, path, subtree_renderer)
+        Only treescope calls this, so treescope is never imported by jparam otherwise:
+        trainable parameters are drawn green, frozen ones grey, buffers blue, and the value is
+        treescope's own array rendering (expandable, with statistics).
+        """
+        from treescope import repr_lib
+
+        attributes: dict[str, Any] = {"value": self.value}
+        if isinstance(self, Parameter):
+            attributes["trainable"] = self.trainable
+            color = "#d6f5d6" if self.trainable else "#e6e6e6"
+        else:
+            color = "#d6e9f5"
+        if self._meta[1]:
+            attributes["metadata"] = self.metadata
+        return repr_lib.render_object_constructor(
+            type(self), attributes, path, subtree_renderer, roundtrippable=False, color=color
+        )
 
 
 class Parameter(_Variable):

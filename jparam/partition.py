@@ -5,12 +5,17 @@
 selected leaf was. Frozen parameters, buffers and plain arrays stay in ``rest``, so gradients and
 optimizer state are never created for them::
 
+    model, tx = nn.Linear(4, 2, key=jax.random.key(0)), optax.adam(1e-3)
+
     params, rest = jp.split(model, jp.trainable)
     opt_state = tx.init(params)                  # adam's mu/nu: dicts keyed by name
 
     def loss_fn(params, rest, x, y):
         model = jp.merge(params, rest)
         return jnp.mean((model(x) - y) ** 2)
+
+    grads = jax.grad(loss_fn)(params, rest, jnp.ones((8, 4)), jnp.zeros((8, 2)))
+    assert grads.keys() == params.keys() == {"weight", "bias"}
 
 Why a flat dict and not a model-shaped tree with holes: it is what optax, checkpoints and people
 read best (``params["encoder.0.weight"]``), and a dict of arrays is the cheapest pytree there is,
@@ -28,14 +33,15 @@ from jax import tree_util
 
 from .filters import FilterLike, as_filter
 from .parameter import _Variable, rebuild_variable
-from .paths import NameTable, is_variable, path_name, register_static_node
+from .paths import NameTable, is_variable, path_name
+from .placeholder import Placeholder
 
 __all__ = ["Hole", "merge", "split"]
 
 T = TypeVar("T")
 
 
-class Hole:
+class Hole(Placeholder):
     """Where `split` took a leaf out: a pytree node without children, like ``None``.
 
     It carries, statically, the leaf's name, its shape and dtype (for arrays, see `_Spec`) and,
@@ -43,7 +49,7 @@ class Hole:
     the leaf from it. These cost a few identity comparisons on a ``jax.jit`` cache lookup.
     """
 
-    __slots__ = ("aux",)
+    __slots__ = ()
 
     def __init__(
         self, name: str, kind: type | None = None, meta: tuple | None = None, spec: Any = None
@@ -105,9 +111,6 @@ class _Spec:
 
     def __hash__(self) -> int:
         return 0
-
-
-register_static_node(Hole)
 
 
 def _is_hole(x: Any) -> bool:

@@ -12,7 +12,8 @@ non-empty ``str`` or an ``int``, and two paths that make the same name (a key ``
 make no clash are fine, and ``jp.at`` finds them.
 
 Every function takes any pytree: a `Module`, a list or dict of modules, a gradient tree, the
-trainable half of `jp.split`.
+trainable half of `jp.split`. This file is part of the core: it imports only the variable types
+and the `Placeholder` protocol, and knows modules by their registration (`is_module`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from jax import tree_util
 
 from .parameter import Buffer, Parameter, _Variable
+from .placeholder import Placeholder
 
 __all__ = [
     "buffers",
@@ -76,6 +78,15 @@ def join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
+def is_module(x: Any) -> bool:
+    """True for a module: an instance of a class the module machinery registered.
+
+    The walks live below `jparam.modulebase` (which builds on them), so they know a module by
+    its registration, the field names ``_jp_dynamic`` that every `jp.Module` class carries.
+    """
+    return hasattr(type(x), "_jp_dynamic")
+
+
 def is_variable(x: Any) -> bool:
     """True for `Parameter` and `Buffer` (the leaves that walks and filters see)."""
     return isinstance(x, _Variable)
@@ -88,7 +99,7 @@ def children(node: Any) -> list[tuple[str, Any]]:
 
 def keyed_children(node: Any) -> list[tuple[str, Any, Any]]:
     """``(name, key, child)`` for each direct child: ``key`` is its JAX key-path entry."""
-    if isinstance(node, Module):
+    if is_module(node):
         d = node.__dict__
         inline = type(node)._jp_inline
         out = []
@@ -163,52 +174,34 @@ def _show(path: tuple) -> str:
     return tree_util.keystr(tuple(path)) or "the root"
 
 
-def register_static_node(cls: type) -> None:
-    """Registers ``cls`` as a pytree node without children whose ``aux`` attribute is static.
-
-    For placeholders (`partition.Hole`, `tying.TiedTo`): they survive every flatten and
-    unflatten as structure, cost one comparison on a ``jax.jit`` cache lookup, and unflatten
-    without running ``__init__``.
-    """
-
-    def unflatten(aux: tuple, children: tuple) -> Any:
-        out = object.__new__(cls)
-        out.aux = aux
-        return out
-
-    def flatten(node: Any) -> tuple[tuple, tuple]:
-        return (), node.aux
-
-    tree_util.register_pytree_with_keys(cls, flatten, unflatten, flatten_func=flatten)
-
-
 def walk(
-    tree: Any, prefix: str = "", recurse: bool = True, tied: bool = False
+    tree: Any, prefix: str = "", recurse: bool = True, placeholders: bool = False
 ) -> Iterator[tuple[str, Any]]:
     """Yields ``(name, node)`` for every Module, Parameter and Buffer, in PyTorch's order.
 
     A module comes first, then its own parameters, its own buffers, then its children. Shared
-    objects are yielded at each place they appear (the callers dedupe). With ``tied=True`` a
-    tied name's `TiedTo` placeholder is yielded where its parameter was (see `jparam.tying`).
+    objects are yielded at each place they appear (the callers dedupe). With
+    ``placeholders=True`` each `Placeholder` whose class is ``named`` (a tied name's `TiedTo`)
+    is yielded in a Parameter's place.
     Two different paths that make the same name, or a dict key that cannot be part of a name,
     raise an error naming the paths (see `NameTable`).
     """
-    return _walk(tree, prefix, (), recurse, tied, NameTable("naming the arrays of a model"))
+    return _walk(tree, prefix, (), recurse, placeholders, NameTable("naming the arrays of a model"))
 
 
 def _walk(
-    tree: Any, prefix: str, path: tuple, recurse: bool, tied: bool, names: NameTable
+    tree: Any, prefix: str, path: tuple, recurse: bool, named: bool, names: NameTable
 ) -> Iterator[tuple[str, Any]]:
-    if isinstance(tree, _Variable) or (tied and isinstance(tree, TiedTo)):
+    if isinstance(tree, _Variable) or (named and _named_placeholder(tree)):
         names.add(prefix, path)
         yield prefix, tree
         return
-    if isinstance(tree, Module):
+    if is_module(tree):
         names.add(prefix, path)
         yield prefix, tree
         kids = keyed_children(tree)
         for name, key, child in kids:
-            if isinstance(child, Parameter) or (tied and isinstance(child, TiedTo)):
+            if isinstance(child, Parameter) or (named and _named_placeholder(child)):
                 names.add(join(prefix, name), (*path, key))
                 yield join(prefix, name), child
         for name, key, child in kids:
@@ -218,20 +211,24 @@ def _walk(
         if not recurse:
             return
         for name, key, child in kids:
-            if not isinstance(child, (_Variable, TiedTo)):
-                yield from _walk(child, join(prefix, name), (*path, key), True, tied, names)
+            if not isinstance(child, (_Variable, Placeholder)):
+                yield from _walk(child, join(prefix, name), (*path, key), True, named, names)
         return
     for name, key, child in keyed_children(tree):
-        yield from _walk(child, join(prefix, name), (*path, key), recurse, tied, names)
+        yield from _walk(child, join(prefix, name), (*path, key), recurse, named, names)
+
+
+def _named_placeholder(x: Any) -> bool:
+    return isinstance(x, Placeholder) and x.named
 
 
 def _named(tree, kind, prefix, recurse, remove_duplicate) -> Iterator[tuple[str, Any]]:
     if kind is Parameter and not remove_duplicate:
-        yield from _with_tied_names(tree, prefix, recurse)
+        yield from _with_placeholder_names(tree, prefix, recurse)
         return
     seen: set[int] = set()
     for name, node in walk(tree, prefix, recurse):
-        if not isinstance(node, kind):
+        if not (is_module(node) if kind is None else isinstance(node, kind)):
             continue
         if remove_duplicate:
             if id(node) in seen:
@@ -240,21 +237,20 @@ def _named(tree, kind, prefix, recurse, remove_duplicate) -> Iterator[tuple[str,
         yield name, node
 
 
-def _with_tied_names(tree: Any, prefix: str, recurse: bool) -> Iterator[tuple[str, Any]]:
-    """Every parameter name, tied names included with their source's Parameter, as PyTorch's
-    ``named_parameters(remove_duplicate=False)`` lists a tensor under each of its names."""
+def _with_placeholder_names(tree: Any, prefix: str, recurse: bool) -> Iterator[tuple[str, Any]]:
+    """Every parameter name, each named placeholder's too with the Parameter it stands for: as
+    PyTorch's ``named_parameters(remove_duplicate=False)`` lists a tied tensor under each name."""
     found = [
         (n, x)
-        for n, x in walk(tree, prefix, recurse, tied=True)
-        if isinstance(x, (Parameter, TiedTo))
+        for n, x in walk(tree, prefix, recurse, placeholders=True)
+        if isinstance(x, (Parameter, Placeholder))
     ]
     params = {n: x for n, x in found if isinstance(x, Parameter)}
     for name, node in found:
-        if isinstance(node, TiedTo):
-            source = params.get(node.source_name(name))
-            if source is None:  # the source is outside what was walked (recurse=False)
+        if isinstance(node, Placeholder):
+            node = node.stands_for(name, params)
+            if node is None:  # e.g. a tie whose source is outside what was walked
                 continue
-            node = node.resolve(source)
         yield name, node
 
 
@@ -269,8 +265,9 @@ def named_parameters(
     ``jp.named_parameters(grads)`` works on a gradient tree too (it has Parameter nodes where
     the model had trainable ones)::
 
-        for name, p in jp.named_parameters(model):
-            print(name, p.shape, p.trainable)
+        model = nn.Sequential(nn.Linear(4, 2, key=jax.random.key(0)), nn.LayerNorm(2))
+        for name, p in jp.named_parameters(model.freeze("1")):
+            print(name, p.shape, p.trainable)   # 0.weight (2, 4) True ... 1.bias (2,) False
     """
     return _named(tree, Parameter, prefix, recurse, remove_duplicate)
 
@@ -294,23 +291,23 @@ def buffers(tree: Any, recurse: bool = True) -> Iterator[Buffer]:
 
 def named_modules(
     tree: Any, prefix: str = "", remove_duplicate: bool = True
-) -> Iterator[tuple[str, Module]]:
+) -> Iterator[tuple[str, Any]]:
     """Yields ``(name, Module)`` pre-order; a module root comes first as ``(prefix, root)``."""
-    return _named(tree, Module, prefix, True, remove_duplicate)
+    return _named(tree, None, prefix, True, remove_duplicate)
 
 
 def _first_modules(
     node: Any, prefix: str, path: tuple, names: NameTable
-) -> Iterator[tuple[str, Module]]:
+) -> Iterator[tuple[str, Any]]:
     for name, key, child in keyed_children(node):
-        if isinstance(child, Module):
+        if is_module(child):
             names.add(join(prefix, name), (*path, key))
             yield join(prefix, name), child
         elif not isinstance(child, _Variable):
             yield from _first_modules(child, join(prefix, name), (*path, key), names)
 
 
-def named_children(module: Module) -> Iterator[tuple[str, Module]]:
+def named_children(module: Any) -> Iterator[tuple[str, Any]]:
     """Yields the nearest submodules of ``module`` (inside list/dict fields: ``field.i``)."""
     seen: set[int] = set()
     for name, child in _first_modules(module, "", (), NameTable("named_children")):
@@ -333,15 +330,22 @@ def map_variables(tree: Any, fn: Callable[[str, Any], Any], *, arrays: bool = Fa
     return tree_util.tree_map_with_path(visit, tree, is_leaf=is_variable)
 
 
-def map_modules(tree: Any, fn: Callable[[Module], Any]) -> Any:
-    """Rebuilds ``tree`` bottom-up with every Module ``m`` replaced by ``fn(m)``.
+def map_modules(tree: Any, fn: Callable[[Any], Any], *, top_down: bool = False) -> Any:
+    """Rebuilds ``tree`` with every Module ``m`` replaced by ``fn(m)``; ``None`` keeps ``m``.
 
-    Children are mapped before their parent, so ``fn`` sees a parent whose children are already
-    replaced. ``fn`` returning ``None`` keeps the module. ``__init__`` is never re-run.
+    By default children are mapped before their parent, so ``fn`` sees a parent whose children
+    are already replaced. ``top_down=True`` maps a module first and then the children of what
+    ``fn`` returned (how a module is swapped for another view of itself, outermost first).
+    ``__init__`` is never re-run.
     """
 
+    def apply(node: Any) -> Any:
+        out = fn(node)
+        return node if out is None else out
+
     def rebuild(node: Any) -> Any:
-        if isinstance(node, Module):
+        if is_module(node):
+            node = apply(node) if top_down else node
             d = node.__dict__
             changed = {}
             for name in type(node)._jp_dynamic:
@@ -349,19 +353,113 @@ def map_modules(tree: Any, fn: Callable[[Module], Any]) -> Any:
                 if new is not d[name]:
                     changed[name] = new
             node = node._copy_with(changed) if changed else node
-            out = fn(node)
-            return node if out is None else out
+            return node if top_down else apply(node)
         if not children(node):
             return node
         return tree_util.tree_map(
-            rebuild, node, is_leaf=lambda x: isinstance(x, (Module, _Variable))
+            rebuild, node, is_leaf=lambda x: x is not node and (is_module(x) or is_variable(x))
         )
 
     return rebuild(tree)
 
 
-# Imported last: `module` imports this file's dependents (precision, state, ...) at its end, and
-# they import names from here, so those names must exist before `Module` is imported. This keeps
-# `import jparam.paths` (or any file that imports it first) free of a circular-import error.
-from .module import Module  # noqa: E402
-from .tying import TiedTo  # noqa: E402
+# -- one node by name ---------------------------------------------------------------------------
+
+
+def _child_index(node: Any, seg: str) -> Any:
+    """The index/key/field under which ``node`` holds the child named ``seg``, or raise."""
+    if is_module(node):
+        inline = type(node)._jp_inline
+        if seg in type(node)._jp_dynamic and seg != inline:
+            return seg
+        if inline is not None and seg.isdigit() and int(seg) < len(node.__dict__[inline]):
+            return int(seg)  # an item of the inline field
+    elif type(node) in (list, tuple):
+        if seg.isdigit() and int(seg) < len(node):
+            return int(seg)
+    elif isinstance(node, dict):
+        if seg in node:
+            return seg
+        for k in node:
+            if str(k) == seg:
+                return k
+    elif any(name == seg for name, _ in children(node)):
+        return seg
+    raise KeyError(seg)
+
+
+def _replace_child(node: Any, index: Any, value: Any) -> Any:
+    if is_module(node) and isinstance(index, int):
+        inline = type(node)._jp_inline
+        return node._copy_with({inline: _replace_child(node.__dict__[inline], index, value)})
+    if is_module(node):
+        return node._copy_with({index: value})
+    if type(node) in (list, tuple):
+        items = list(node)
+        items[index] = value
+        return type(node)(items)
+    if isinstance(node, dict):
+        out = type(node)(node) if type(node) is not dict else dict(node)
+        out[index] = value
+        return out
+    flat, treedef = tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
+    names = [name for name, _ in children(node)]
+    flat[names.index(index)] = value
+    return treedef.unflatten(flat)
+
+
+def _get_child(node: Any, index: Any, seg: str) -> Any:
+    if is_module(node) and isinstance(index, int):
+        return node.__dict__[type(node)._jp_inline][index]
+    if is_module(node):
+        return node.__dict__[index]
+    if type(node) in (list, tuple) or isinstance(node, dict):
+        return node[index]
+    return dict(children(node))[seg]
+
+
+def _locate(node: Any, segs: list[str], depth: int, full: str) -> tuple[Any, int]:
+    """The index of the child named by ``segs[depth:]`` and how many segments its name took.
+
+    A dict key may contain dots (``{"a.b": layer}`` is named ``a.b``): when ``segs[depth]``
+    alone names no child, the longer dotted runs are tried.
+    """
+    for stop in range(depth + 1, len(segs) + 1):
+        try:
+            return _child_index(node, ".".join(segs[depth:stop])), stop - depth
+        except KeyError:
+            if not isinstance(node, dict):
+                break
+    where = ".".join(segs[:depth]) or "the root"
+    have = [name for name, _ in children(node)]
+    raise KeyError(
+        f"no {segs[depth]!r} in {where} while resolving {full!r}; "
+        f"{type(node).__name__} there has: {', '.join(have) or 'no children'}"
+    )
+
+
+def get_at(tree: Any, name: str) -> Any:
+    """The node named ``name`` (dotted, as the walks name it) in ``tree``, or a `KeyError`."""
+    full, segs = name, name.split(".")
+    node, depth = tree, 0
+    while depth < len(segs):
+        index, used = _locate(node, segs, depth, full)
+        node = _get_child(node, index, ".".join(segs[depth : depth + used]))
+        depth += used
+    return node
+
+
+def update_at(tree: Any, name: str, fn: Callable[[Any], Any]) -> Any:
+    """A copy of ``tree`` with the node named ``name`` replaced by ``fn(node)``.
+
+    Only the nodes on the way are copied; everything else is shared with ``tree``.
+    """
+    return _update(tree, name.split("."), fn, name, 0)
+
+
+def _update(node: Any, segs: list[str], fn: Callable[[Any], Any], full: str, depth: int) -> Any:
+    if depth == len(segs):
+        return fn(node)
+    index, used = _locate(node, segs, depth, full)
+    child = _get_child(node, index, ".".join(segs[depth : depth + used]))
+    return _replace_child(node, index, _update(child, segs, fn, full, depth + used))

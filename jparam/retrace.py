@@ -7,10 +7,23 @@ silent retrace every step is a classic JAX pain. `watch_retraces` wraps the Pyth
 *before* ``jax.jit``, so its body runs only when JAX traces: it records a cheap signature of the
 arguments there and, on a new trace, names what changed in jparam's terms::
 
+    from collections import OrderedDict
+
+    model = nn.Sequential(OrderedDict(backbone=nn.Linear(4, 4, key=jax.random.key(0)),
+                                      head=nn.Linear(4, 2, key=jax.random.key(1))))
+    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
+
+    def train_step(model, opt, x, y):
+        loss, grads = jp.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+        model, opt = opt.update(model, grads)
+        return model, opt, loss
+
     step = jax.jit(jp.watch_retraces(train_step, max_traces=2), donate_argnums=(0, 1))
-    ...
-    step.traces.count       # how many times JAX traced it
-    step.traces.reports     # one explanation per retrace, e.g.
+    model, opt, loss = step(model, jp.Optimizer(optax.sgd(0.1), model), x, y)
+    model = model.freeze("backbone")
+    model, opt, loss = step(model, jp.Optimizer(optax.sgd(0.1), model), x, y)
+    assert step.traces.count == 2     # how many times JAX traced it
+    print(step.traces.reports)        # one explanation per retrace, e.g.
     # train_step traced again (trace 2); changed since trace 1:
     #   argument 0 (model): backbone.weight, backbone.bias: trainable True -> False (...)
 
@@ -33,7 +46,7 @@ from typing import Any, Literal
 import numpy as np
 from jax import tree_util
 
-from .module import Module
+from .modulebase import ModuleBase
 from .parameter import Parameter
 from .paths import is_variable, keyed_children
 
@@ -222,7 +235,7 @@ def _walk(label: str, path: Path, node: Any, out: Signature) -> None:
     if is_variable(node):
         out[label, path] = _variable_record(node)
         return
-    if isinstance(node, Module):
+    if isinstance(node, ModuleBase):
         out[label, path] = _module_record(node)
     else:
         out[label, path] = _other_record(node)
@@ -241,7 +254,7 @@ def _variable_record(v: Any) -> dict[str, Any]:
     return record
 
 
-def _module_record(m: Module) -> dict[str, Any]:
+def _module_record(m: ModuleBase) -> dict[str, Any]:
     d = m.__dict__
     record: dict[str, Any] = {"type": type(m).__qualname__, "training": d.get("training")}
     for name in type(m)._jp_static:

@@ -4,9 +4,15 @@ A file is the model's `state_dict`: ``{name: array}``, so PyTorch reads what jpa
 (``safetensors.torch.load_file`` then ``module.load_state_dict``) and jparam reads what PyTorch
 writes. Every dtype a JAX array can have round-trips exactly, bfloat16 and float8 included::
 
-    info = jp.save("model.safetensors", model, metadata={"epoch": "3"})
-    model = jp.load("model.safetensors", like=model)
-    model = jp.load("ddp.safetensors", like=model, rename={"module.": ""})
+    import tempfile
+
+    model, folder = nn.Linear(4, 2, key=jax.random.key(0)), tempfile.mkdtemp()
+    path, ddp_path = f"{folder}/model.safetensors", f"{folder}/ddp.safetensors"
+    jp.save(ddp_path, {f"module.{k}": v for k, v in model.state_dict().items()})
+
+    info = jp.save(path, model, metadata={"epoch": "3"})
+    model = jp.load(path, like=model)
+    model = jp.load(ddp_path, like=model, rename={"module.": ""})
 
 Dtypes with a safetensors code (bool, (u)int8-64, float16/32/64, bfloat16, complex64 and the
 float8 types PyTorch has: e4m3fn, e5m2, e4m3fnuz, e5m2fnuz, e8m0fnu) are stored under it. The

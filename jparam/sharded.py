@@ -8,12 +8,19 @@ restoring reads each shard straight onto the device that owns it in the *target*
 which may differ from the one the checkpoint was saved with (another mesh shape, another axis,
 fully replicated)::
 
-    mesh = jax.make_mesh((8,), ("fsdp",))
+    import tempfile
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    make_model = lambda: nn.Linear(4, 8, key=jax.random.key(0))
+    model, ckpt = make_model(), tempfile.mkdtemp()
+    mesh = jax.make_mesh((jax.device_count(),), ("fsdp",))    # (8,) on an 8-device host
+    mesh2 = jax.make_mesh((jax.device_count(),), ("data",))
+
     model = model.to(NamedSharding(mesh, P("fsdp")))          # or any per-array sharding
-    jp.save_sharded("/ckpt/step_1000", model)
+    jp.save_sharded(f"{ckpt}/step_1000", model)
 
     abstract = jax.eval_shape(make_model)                      # no memory allocated
-    model = jp.load_sharded("/ckpt/step_1000", abstract, shardings=NamedSharding(mesh2, P()))
+    model = jp.load_sharded(f"{ckpt}/step_1000", abstract, shardings=NamedSharding(mesh2, P()))
 
 On disk the directory is a plain orbax PyTree checkpoint of the flat ``{name: array}`` dict,
 so ``orbax.checkpoint.StandardCheckpointer().restore(path)`` reads it without jparam.
@@ -193,8 +200,11 @@ def save_sharded(directory: PathLike, tree: Any, *, overwrite: bool = False) -> 
 
     Every process of a multi-host job must call this with the same arguments. Example::
 
-        info = jp.save_sharded("/ckpt/step_1000", model)
-        info = jp.save_sharded("/ckpt/latest", model, overwrite=True)
+        import tempfile
+
+        model, ckpt = nn.Linear(4, 2, key=jax.random.key(0)), tempfile.mkdtemp()
+        info = jp.save_sharded(f"{ckpt}/step_1000", model)
+        info = jp.save_sharded(f"{ckpt}/step_1000", model, overwrite=True)
     """
     ocp, epath = _orbax()
     start = time.perf_counter()
@@ -376,9 +386,16 @@ def load_sharded(
     ``(model, IncompatibleKeys)`` and loads the names both sides have. ``rename`` maps saved
     names to model names as in `jp.load`. Example::
 
+        import tempfile
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        MyModel = functools.partial(nn.Linear, 4, 8)
+        mesh, ckpt = jax.make_mesh((jax.device_count(),), ("fsdp",)), tempfile.mkdtemp()
+        jp.save_sharded(f"{ckpt}/step_1000", MyModel(key=jax.random.key(0)))
+
         abstract = jax.eval_shape(lambda: MyModel(key=jax.random.key(0)))
-        model = jp.load_sharded("/ckpt/step_1000", abstract, NamedSharding(mesh, P("fsdp")))
-        model = jp.load_sharded("/ckpt/step_1000", model)      # into model's own shardings
+        model = jp.load_sharded(f"{ckpt}/step_1000", abstract, NamedSharding(mesh, P("fsdp")))
+        model = jp.load_sharded(f"{ckpt}/step_1000", model)      # into model's own shardings
     """
     ocp, epath = _orbax()
     path = _existing(_path(directory, epath))

@@ -8,12 +8,19 @@ or optimizer state) into the same pytree of ``NamedSharding``, which is what ``j
 rest: there is no communication layer here, and switching data parallel to FSDP or tensor
 parallel is a change of rules, not of model code::
 
-    mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"), axis_types=(AxisType.Auto,) * 2)
+    from jax.sharding import AxisType
+
+    Model, key = functools.partial(nn.MLP, 4, [8, 4]), jax.random.key(0)
+    n = jax.device_count()                                # 8 devices: a (2, 4) mesh
+    shape = (2, 4) if n == 8 else (1, n)
+
+    mesh = jax.make_mesh(shape, ("fsdp", "tensor"), axis_types=(AxisType.Auto,) * 2)
     rules = jp.sharding.rules({"batch": "fsdp", "in": "fsdp", "out": "tensor"})
     init = lambda key: Model(key=key)
     abstract = jax.eval_shape(init, key)                  # shapes only: nothing allocated
     model = jax.jit(init, out_shardings=jp.shardings(abstract, mesh, rules))(key)
     # each device only ever holds its own shards
+    print(model[0].weight.value.sharding.spec)            # P('tensor', 'fsdp')
 
 Names the `jparam.nn` layers give their parameters, in PyTorch's layouts (``None``: not split):
 
@@ -253,7 +260,11 @@ def spec(
 
     With ``mesh`` the mesh axes are checked to exist; with ``shape`` too, that they divide it::
 
+        from jax.sharding import NamedSharding
+
+        mesh, rules = jax.make_mesh((jax.device_count(),), ("data",)), {"batch": "data"}
         batch = NamedSharding(mesh, jp.sharding.spec(("batch", None), rules))
+        x = jax.device_put(jnp.ones((8, 4)), batch)
     """
     sizes = None if mesh is None else dict(_check_mesh(mesh).shape)
     return _spec("spec", axes, None if shape is None else tuple(shape), _as_rules(rules), sizes)
@@ -301,10 +312,14 @@ def shardings(
 
     ``tree`` may be abstract (``jax.eval_shape``), so shardings exist before any memory does::
 
+        mesh, rules = jax.make_mesh((jax.device_count(),), ("fsdp",)), {"out": "fsdp"}
+        init, key, tx = lambda key: nn.Linear(4, 8, key=key), jax.random.key(0), optax.adam(1e-3)
+
         out = jp.shardings(jax.eval_shape(init, key), mesh, rules)
         model = jax.jit(init, out_shardings=out)(key)
         opt_sh = jp.shardings(jax.eval_shape(lambda m: jp.Optimizer(tx, m), model), mesh,
                               rules, model=model)
+        opt = jax.jit(lambda m: jp.Optimizer(tx, m), out_shardings=opt_sh)(model)
 
     Errors name the parameter: an unknown logical name, axes that do not fit the array's rank,
     a mesh axis the mesh lacks or that does not divide the dimension.
@@ -346,6 +361,9 @@ def shard(
 ) -> T:
     """``tree`` placed on ``mesh`` as `shardings` says (``jax.device_put``); returns the copy::
 
+        mesh, rules = jax.make_mesh((jax.device_count(),), ("fsdp",)), {"out": "fsdp"}
+        model, tx = nn.Linear(4, 8, key=jax.random.key(0)), optax.adam(1e-3)
+
         model = jp.shard(model, mesh, rules)
         opt = jp.shard(jp.Optimizer(tx, model), mesh, rules, model=model)
 
@@ -373,8 +391,11 @@ def annotate(tree: T, axes: Mapping[str, Axes | None]) -> T:
     model's layers names that say more than ``"out"``/``"in"``, e.g. Megatron-style tensor
     parallelism that splits the hidden dimension of both MLP matrices::
 
+        mlp = nn.ModuleDict({"fc1": nn.Linear(4, 8, key=jax.random.key(0)),
+                             "fc2": nn.Linear(8, 4, key=jax.random.key(1))})
         mlp = jp.sharding.annotate(mlp, {"fc1.weight": ("mlp", "embed"), "fc1.bias": ("mlp",),
                                          "fc2.weight": ("embed", "mlp")})
+        assert mlp["fc2"].weight.metadata["axes"] == ("embed", "mlp")
     """
     names: list[str] = []
     map_variables(tree, lambda n, v: names.append(n) or v)
@@ -422,6 +443,21 @@ def use(mesh: Mesh, rules: Rules | Mapping[str, MeshAxes]) -> Iterator[None]:
     once for each. The rules are not in that key: a function already traced under this mesh
     keeps the rules it was traced with (``jax.clear_caches()`` forgets them)::
 
+        from jax.sharding import AxisType
+
+        mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+        rules = jp.sharding.rules(batch="data")
+        model = nn.Linear(4, 2, key=jax.random.key(0))
+        opt = jp.Optimizer(optax.sgd(0.1), model)
+        batches = [(jnp.ones((8, 4)), jnp.zeros((8, 2)))] * 2
+
+        @jax.jit
+        def train_step(model, opt, x, y):
+            x = jp.sharding.constrain(x, ("batch", None))    # split by batch
+            loss, grads = jp.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
+            model, opt = opt.update(model, grads)
+            return model, opt, loss
+
         with jp.sharding.use(mesh, rules):
             for x, y in batches:
                 model, opt, loss = train_step(model, opt, x, y)
@@ -440,7 +476,8 @@ def constrain(x: jax.Array, axes: Axes) -> jax.Array:
     ``jax.lax.with_sharding_constraint`` with the mesh and rules of the enclosing `use`; outside
     one it returns ``x`` unchanged, so layers can call it and still run on one device::
 
-        h = jp.sharding.constrain(h, ("batch", "seq", "embed"))
+        h = jnp.ones((2, 5, 8))                                  # (batch, seq, embed)
+        h = jp.sharding.constrain(h, ("batch", "seq", "embed"))  # outside `use`: h as it is
 
     A mesh axis splits one dimension only, and the earlier dimension gets it: under FSDP rules
     that map both ``"batch"`` and ``"embed"`` to ``"fsdp"``, activations are split by batch.

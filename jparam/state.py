@@ -14,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import tree_util
 
+from .conversion import abstract_errors, convert_or_report
 from .mapping import as_mapping, torch_parametrization_names
-from .parameter import Buffer, _Variable, dtype_shape, to_array
-from .paths import children, is_variable, map_modules, map_variables, walk
+from .parameter import Buffer, _Variable
+from .paths import map_modules, map_variables, walk
 from .tying import TiedTo, load_tied, resolve_entries
 
 __all__ = ["IncompatibleKeys", "StateDictError", "load_state_dict", "state_dict"]
@@ -65,27 +65,13 @@ def _abstract(tree: Any) -> Any:
     return tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
 
 
-def _with_views(node: Any) -> Any:
-    """``node`` with each module that has a state view replaced by it, outermost first."""
-    if _has_view(node):
-        node = node._jp_state_view()
-    if is_variable(node) or not children(node):
-        return node
-    if isinstance(node, Module):
-        d = node.__dict__
-        changed = {}
-        for name in type(node)._jp_dynamic:
-            new = _with_views(d[name])
-            if new is not d[name]:
-                changed[name] = new
-        return node._copy_with(changed) if changed else node
-    return tree_util.tree_map(
-        _with_views, node, is_leaf=lambda x: x is not node and isinstance(x, (Module, _Variable))
-    )
+def _with_views(tree: Any) -> Any:
+    """``tree`` with each module that has a state view replaced by it, outermost first."""
+    return map_modules(tree, lambda m: m._jp_state_view() if _has_view(m) else None, top_down=True)
 
 
 def _from_views(tree: Any) -> Any:
-    def restore(m: Module) -> Any:
+    def restore(m: Any) -> Any:
         from_view = getattr(type(m), "_jp_from_state_view", None)
         return None if from_view is None else from_view(m)
 
@@ -108,7 +94,7 @@ def saved_variables(
     """
     found: OrderedDict[str, Any] = OrderedDict()
     skip = None  # the name (plus ".") of a module whose view was walked instead of its fields
-    for name, node in walk(tree, prefix, tied=True):
+    for name, node in walk(tree, prefix, placeholders=True):
         if skip is not None:
             if skip == "" or name.startswith(skip):
                 continue
@@ -163,95 +149,6 @@ def state_dict(tree: Any, prefix: str = "", keep_vars: bool = False) -> OrderedD
     return OrderedDict((name, node.value) for name, node in entries.items())
 
 
-def dtype_kind(dtype: Any) -> str:
-    """``"floating"``, ``"complex"``, ``"integer"`` or ``"bool"``: what casts may not change."""
-    for kind, base in (
-        ("floating", jnp.floating),
-        ("complex", jnp.complexfloating),
-        ("integer", jnp.integer),
-        ("bool", jnp.bool_),
-    ):
-        if jnp.issubdtype(dtype, base):
-            return kind
-    return str(dtype)
-
-
-def convert_value(
-    name: str, target: Any, raw: Any, *, what: str, hint: str = "", abstract_ok: bool = False
-) -> Any:
-    """``raw`` as an array with ``target``'s shape and dtype, or a `TypeError`/`ValueError`.
-
-    The one rule for putting a value where a Parameter or Buffer is (`load_state_dict`,
-    ``jp.at(...).set``): the shape must be the same (never broadcast); the dtype is cast within
-    the same kind (float64 -> float32, like PyTorch's ``copy_``), never across kinds (float <->
-    int); an abstract value (``jax.ShapeDtypeStruct``) goes only into an abstract model (unless
-    ``abstract_ok``). ``what`` names the value in messages; ``hint`` says what to do instead.
-    """
-    try:
-        value = to_array(raw, what=what)
-    except (ValueError, OverflowError, NotImplementedError, RuntimeError) as e:
-        # e.g. an int64 out of JAX's range, a huge Python int, a PyTorch meta tensor
-        msg = str(e) if name in str(e) else f"{what}: {e}"
-        raise ValueError(msg) from None
-    want_shape, got_shape = tuple(target.shape), tuple(value.shape)
-    if want_shape != got_shape:
-        raise ValueError(
-            f"{name}: shape mismatch, expected {want_shape}, got {got_shape}"
-            f"{_transpose_hint(name, want_shape, got_shape)}{hint}"
-        )
-    want, got = dtype_kind(target.dtype), dtype_kind(value.dtype)
-    if want != got:
-        raise ValueError(
-            f"{name}: dtype mismatch, expected {want} {target.dtype}, got {got} "
-            f"{value.dtype}; cast it explicitly if that is intended{hint}"
-        )
-    if not abstract_ok:
-        problem = _abstract_problem(name, target, value)
-        if problem:
-            raise ValueError(problem)
-    return value if value.dtype == target.dtype else value.astype(target.dtype)
-
-
-def _transpose_hint(name: str, want: tuple[int, ...], got: tuple[int, ...]) -> str:
-    """Says so when ``got`` is ``want`` transposed: a checkpoint that stores (in, out)."""
-    if len(want) != 2 or got != want[::-1]:
-        return ""
-    return (
-        ": the transpose of the expected shape; if the checkpoint stores this weight "
-        "transposed (as Hugging Face's Conv1D does), add a transpose rule to the mapping "
-        f"(mapping=[jp.mapping.transpose({name!r})]). A square weight stored transposed "
-        "cannot be detected by its shape: name every transposed weight in the mapping"
-    )
-
-
-def _abstract_problem(name: str, target: Any, value: Any) -> str | None:
-    held = target.value if isinstance(target, _Variable) else target
-    if isinstance(value, jax.ShapeDtypeStruct) and not isinstance(held, jax.ShapeDtypeStruct):
-        return (
-            f"{name}: got an abstract value ({dtype_shape(value)}, a jax.ShapeDtypeStruct that "
-            "holds no numbers), which cannot be loaded into a model with real arrays; pass "
-            "arrays, or load into an abstract model (jax.eval_shape)"
-        )
-    return None
-
-
-def abstract_errors(expected: Mapping[str, Any], state: Any) -> list[str]:
-    """One message per ``state`` entry that is abstract where ``expected`` holds a real array."""
-    if not isinstance(state, Mapping):
-        return []
-    found = (_abstract_problem(n, expected[n], v) for n, v in state.items() if n in expected)
-    return [p for p in found if p]
-
-
-def _convert(name: str, target: Any, raw: Any, errors: list[str]) -> Any:
-    # Abstract values pass here: a checkpoint reader checks its files' shapes with them.
-    try:
-        return convert_value(name, target, raw, what=f"state_dict[{name!r}]", abstract_ok=True)
-    except (TypeError, ValueError) as e:
-        errors.append(str(e))
-        return None
-
-
 def match_state(
     expected: Mapping[str, Any],
     state: Mapping[str, Any],
@@ -273,7 +170,7 @@ def match_state(
     values: dict[str, Any] = {}
     for name, target in expected.items():
         if name in state:
-            value = _convert(name, target, state[name], errors)
+            value = convert_or_report(name, target, state[name], errors)
             if value is not None:
                 values[name] = value
     if strict:
@@ -348,7 +245,3 @@ def _check_no_abstract_leftovers(tree: Any) -> None:
             "persistent=False))`, compute them from static fields inside __call__, or build "
             "the model for real instead of with jax.eval_shape."
         )
-
-
-# Imported last, as in `paths`: `module` imports this file at its end.
-from .module import Module  # noqa: E402

@@ -7,7 +7,7 @@ The table is a `Summary`, a ``str`` that notebooks show as an HTML table and ``r
 table. With ``treescope`` installed (``pip install 'jparam[notebook]'``, then
 ``treescope.basic_interactive_setup()`` in the notebook), models render as foldable trees
 whose Parameters show their value's shape, dtype and statistics, the trainable flag and
-metadata (`variable_treescope_repr`).
+metadata (``Parameter.__treescope_repr__``).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from .module import Module
+from .modulebase import ModuleBase
 from .parameter import Parameter, _Variable, dtype_shape
 from .state import saved_variables
 from .tying import TiedTo, resolve_entries
 
-__all__ = ["Summary", "module_repr", "summary", "variable_treescope_repr"]
+__all__ = ["Summary", "module_repr", "summary"]
 
 _WIDTH = 100
 
@@ -52,7 +52,7 @@ def _wrap(open_: str, items: list[str], close: str, indent: int) -> str:
 
 
 def _fmt(x: Any, indent: int) -> str:
-    if isinstance(x, Module):
+    if isinstance(x, ModuleBase):
         return _module(x, indent)
     if isinstance(x, _Variable):
         return repr(x)
@@ -63,7 +63,7 @@ def _fmt(x: Any, indent: int) -> str:
             pass
     if type(x) in (list, tuple):
         items = [_fmt(i, indent + 1) for i in x]
-        if any(isinstance(i, Module) for i in x):  # fold repeated blocks, never (3, 3)
+        if any(isinstance(i, ModuleBase) for i in x):  # fold repeated blocks, never (3, 3)
             items = _fold(items)
         return _wrap(
             "[" if type(x) is list else "(", items, "]" if type(x) is list else ")", indent
@@ -76,7 +76,7 @@ def _fmt(x: Any, indent: int) -> str:
     return repr(x)
 
 
-def _module(m: Module, indent: int) -> str:
+def _module(m: ModuleBase, indent: int) -> str:
     # A module may show itself otherwise (`nn.Stacked`: "24 x Block(...)"): (label, value) pairs.
     custom = getattr(m, "_jp_repr_items", None)
     pairs = (
@@ -88,7 +88,7 @@ def _module(m: Module, indent: int) -> str:
     return _wrap(f"{type(m).__name__}(", items, ")", indent)
 
 
-def module_repr(m: Module) -> str:
+def module_repr(m: ModuleBase) -> str:
     """The nested repr of a module: fields with shapes and dtypes, not array contents."""
     return _module(m, 0)
 
@@ -268,25 +268,3 @@ class Summary(str):
         for row in self.rows:
             table.add_row(*row, style=style.get(row[3]))
         return Group(table, Text(self.footer))
-
-
-def variable_treescope_repr(var: _Variable, path: str | None, subtree_renderer: Any) -> Any:
-    """Treescope's rendering of a Parameter or Buffer: value (shape, dtype), flag, metadata.
-
-    Called by ``Parameter.__treescope_repr__`` (only treescope calls that, so treescope is
-    never imported by jparam): trainable parameters are drawn green, frozen ones grey, buffers
-    blue, and the value is treescope's own array rendering (expandable, with statistics).
-    """
-    from treescope import repr_lib
-
-    attributes: dict[str, Any] = {"value": var.value}
-    if isinstance(var, Parameter):
-        attributes["trainable"] = var.trainable
-        color = "#d6f5d6" if var.trainable else "#e6e6e6"
-    else:
-        color = "#d6e9f5"
-    if var._meta[1]:
-        attributes["metadata"] = var.metadata
-    return repr_lib.render_object_constructor(
-        type(var), attributes, path, subtree_renderer, roundtrippable=False, color=color
-    )

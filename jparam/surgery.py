@@ -11,9 +11,8 @@ from typing import Any, Generic, TypeVar
 
 import jax
 import numpy as np
-from jax import tree_util
 
-from . import state as _state
+from .conversion import convert_value
 from .filters import (
     Filter,
     as_filter,
@@ -23,108 +22,18 @@ from .filters import (
     stacked_layers,
     with_layer_flags,
 )
-from .module import Module
+from .modulebase import ModuleBase
 from .parameter import Parameter, _Variable, can_train
-from .paths import children, map_variables, walk
+from .paths import get_at, map_variables, update_at, walk
 from .tying import TiedTo
 
-__all__ = ["at"]
+__all__ = ["at", "selected_names", "set_trainable"]
 
 T = TypeVar("T")
 _GLOB_CHARS = frozenset("*?[")
 
 
-def _child_index(node: Any, seg: str) -> Any:
-    """The index/key/field under which ``node`` holds the child named ``seg``, or raise."""
-    if isinstance(node, Module):
-        inline = type(node)._jp_inline
-        if seg in type(node)._jp_dynamic and seg != inline:
-            return seg
-        if inline is not None and seg.isdigit() and int(seg) < len(node.__dict__[inline]):
-            return int(seg)  # an item of the inline field
-    elif type(node) in (list, tuple):
-        if seg.isdigit() and int(seg) < len(node):
-            return int(seg)
-    elif isinstance(node, dict):
-        if seg in node:
-            return seg
-        for k in node:
-            if str(k) == seg:
-                return k
-    elif any(name == seg for name, _ in children(node)):
-        return seg
-    raise KeyError(seg)
-
-
-def _replace_child(node: Any, index: Any, value: Any) -> Any:
-    if isinstance(node, Module) and isinstance(index, int):
-        inline = type(node)._jp_inline
-        return node._copy_with({inline: _replace_child(node.__dict__[inline], index, value)})
-    if isinstance(node, Module):
-        return node._copy_with({index: value})
-    if type(node) in (list, tuple):
-        items = list(node)
-        items[index] = value
-        return type(node)(items)
-    if isinstance(node, dict):
-        out = type(node)(node) if type(node) is not dict else dict(node)
-        out[index] = value
-        return out
-    flat, treedef = tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
-    names = [name for name, _ in children(node)]
-    flat[names.index(index)] = value
-    return treedef.unflatten(flat)
-
-
-def _get_child(node: Any, index: Any, seg: str) -> Any:
-    if isinstance(node, Module) and isinstance(index, int):
-        return node.__dict__[type(node)._jp_inline][index]
-    if isinstance(node, Module):
-        return node.__dict__[index]
-    if type(node) in (list, tuple) or isinstance(node, dict):
-        return node[index]
-    return dict(children(node))[seg]
-
-
-def _locate(node: Any, segs: list[str], depth: int, full: str) -> tuple[Any, int]:
-    """The index of the child named by ``segs[depth:]`` and how many segments its name took.
-
-    A dict key may contain dots (``{"a.b": layer}`` is named ``a.b``): when ``segs[depth]``
-    alone names no child, the longer dotted runs are tried.
-    """
-    for stop in range(depth + 1, len(segs) + 1):
-        try:
-            return _child_index(node, ".".join(segs[depth:stop])), stop - depth
-        except KeyError:
-            if not isinstance(node, dict):
-                break
-    where = ".".join(segs[:depth]) or "the root"
-    have = [name for name, _ in children(node)]
-    raise KeyError(
-        f"no {segs[depth]!r} in {where} while resolving {full!r}; "
-        f"{type(node).__name__} there has: {', '.join(have) or 'no children'}"
-    )
-
-
-def _get(tree: Any, full: str) -> Any:
-    segs = full.split(".")
-    node, depth = tree, 0
-    while depth < len(segs):
-        index, used = _locate(node, segs, depth, full)
-        node = _get_child(node, index, ".".join(segs[depth : depth + used]))
-        depth += used
-    return node
-
-
-def _update(node: Any, segs: list[str], fn: Callable[[Any], Any], full: str, depth: int = 0):
-    if depth == len(segs):
-        return fn(node)
-    index, used = _locate(node, segs, depth, full)
-    child = _get_child(node, index, ".".join(segs[depth : depth + used]))
-    return _replace_child(node, index, _update(child, segs, fn, full, depth + used))
-
-
-def _resolve(tree: Any, where: str | Filter) -> list[str]:
+def selected_names(tree: Any, where: str | Filter) -> list[str]:
     """The names selected by an exact name, a glob or a filter (raises if none)."""
     if isinstance(where, str) and not (_GLOB_CHARS & set(where)):
         return [where]
@@ -153,7 +62,7 @@ def _assign(old: Any, new: Any, name: str) -> Any:
     # None removes it (like PyTorch's ``module.bias = None``); a new Parameter replaces it.
     if isinstance(old, _Variable) and new is not None and not isinstance(new, _Variable):
         what = f"the value set at {name!r}"
-        return old._with_value(_state.convert_value(name, old, new, what=what, hint=_SET_HINT))
+        return old._with_value(convert_value(name, old, new, what=what, hint=_SET_HINT))
     if isinstance(new, (jax.Array, np.ndarray)):
         # A raw array where a tie or a module (a parametrized weight) was would silently drop
         # the tie or the constraint: say what was there and how to do what was meant.
@@ -162,7 +71,7 @@ def _assign(old: Any, new: Any, name: str) -> Any:
                 f"{name!r} is tied to {old.source_name(name)!r}: set the source instead (both "
                 "names follow it), or call jp.untie(model) first to give each name its own array"
             )
-        if isinstance(old, Module):
+        if isinstance(old, ModuleBase):
             inner = ", e.g. the raw value at '{name}.original'" if hasattr(old, "original") else ""
             raise TypeError(
                 f"{name!r} holds a {type(old).__name__}, not a Parameter; setting a raw array "
@@ -182,14 +91,14 @@ class _At(Generic[T]):
 
     def get(self) -> Any:
         """The selected node (a list of nodes when a glob or filter selected several)."""
-        found = [_get(self._tree, n) for n in self._names]
+        found = [get_at(self._tree, n) for n in self._names]
         return found if self._many else found[0]
 
     def apply(self, fn: Callable[[Any], Any]) -> T:
         """Returns a new tree with each selected node ``x`` replaced by ``fn(x)``."""
         tree = self._tree
         for n in self._names:
-            tree = _update(tree, n.split("."), lambda old, n=n: _assign(old, fn(old), n), n)
+            tree = update_at(tree, n, lambda old, n=n: _assign(old, fn(old), n))
         return tree
 
     def set(self, value: Any) -> T:
@@ -210,12 +119,19 @@ def at(tree: T, where: str | Filter) -> _At[T]:
 
     ::
 
+        block = lambda i: nn.ModuleDict({"attn": nn.Dropout(0.1),
+                                         "mlp": nn.Linear(8, 8, key=jax.random.key(i))})
+        model = nn.ModuleDict({"blocks": nn.ModuleList([block(i) for i in range(4)]),
+                               "head": nn.Linear(8, 2, key=jax.random.key(4))})
+        new_mlp = nn.Linear(8, 8, key=jax.random.key(5))
+
         model = jp.at(model, "blocks.3.mlp").set(new_mlp)
         model = jp.at(model, "head.weight").apply(lambda w: w * 0.1)
         model = jp.at(model, "blocks.*.attn").apply(lambda a: a.eval())
+        assert not model["blocks"][0]["attn"].training
     """
     many = not isinstance(where, str) or bool(_GLOB_CHARS & set(where))
-    return _At(tree, _resolve(tree, where), many)
+    return _At(tree, selected_names(tree, where), many)
 
 
 def _check_unfreezable(patterns: tuple, walked: list, stacked: dict) -> None:
@@ -238,7 +154,7 @@ def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
     """`Module.freeze`/`unfreeze`: set the flag on parameters whose names match any glob."""
     patterns = tuple(patterns)
     names, aliases = [], {}  # a tied name selects its source: both are one parameter
-    walked = list(walk(tree, tied=True))
+    walked = list(walk(tree, placeholders=True))
     stacked = stacked_layers(walked)  # per-layer names of nn.Stacked arrays: "h.0.attn.w"
     for n, node in walked:
         if isinstance(node, Parameter):

@@ -5,7 +5,11 @@ differentiates only the former and closes over the latter as constants. Frozen p
 buffers and plain arrays get no gradient: none is computed, none is materialised. The result has
 the model's structure, with ``None`` wherever nothing is trainable, so it names itself::
 
-    loss, grads = jp.value_and_grad(loss_fn)(model, x, y)
+    model = nn.Sequential(nn.Linear(4, 2, key=jax.random.key(0)), nn.LayerNorm(2)).freeze("1")
+    loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
+    x, y = jnp.linspace(-1.0, 1.0, 32).reshape(8, 4), jnp.zeros((8, 2))
+
+    loss, grads = jax.jit(jp.value_and_grad(loss_fn))(model, x, y)
     for name, g in jp.named_parameters(grads):
         print(name, jnp.linalg.norm(g.value))
 

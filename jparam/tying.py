@@ -7,10 +7,25 @@ after one optimizer step. Instead the target holds a `TiedTo` placeholder: a pyt
 without children whose static part records the source's name, so the tie survives every
 flatten and unflatten and the model has one leaf for the shared array::
 
+    class LM(jp.Module):
+        embed: nn.Embedding
+        decoder: nn.Linear
+
+        def __init__(self, *, key):
+            k1, k2 = jax.random.split(key)
+            self.embed = nn.Embedding(10, 4, key=k1)
+            self.decoder = nn.Linear(4, 10, bias=False, key=k2)
+
+        def __call__(self, ids):
+            return self.decoder(self.embed(ids))
+
+    key, ids = jax.random.key(0), jnp.array([1, 2, 3])
+    loss_fn = lambda model, ids: jnp.mean(model(ids) ** 2)
+
     model = jp.tie(LM(key=key), "decoder.weight", "embed.weight")
-    [n for n, _ in model.named_parameters()]     # embed.weight once, no decoder.weight
-    list(model.state_dict())                      # both names, as PyTorch lists them
-    loss, grads = jp.value_and_grad(loss_fn)(model, ids)   # both uses summed into one
+    assert [n for n, _ in model.named_parameters()] == ["embed.weight"]     # once
+    assert list(model.state_dict()) == ["embed.weight", "decoder.weight"]   # as PyTorch lists
+    loss, grads = jax.jit(jp.value_and_grad(loss_fn))(model, ids)   # both uses summed into one
 
 The rules, all following from "two names, one parameter":
 
@@ -49,15 +64,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .conversion import convert_or_report
+from .modulebase import ModuleBase
 from .parameter import Parameter, _Variable, dtype_shape
-from .paths import join, register_static_node, walk
+from .paths import join, map_modules, update_at, walk
+from .placeholder import Placeholder
 
 __all__ = ["TiedTo", "tie", "ties", "untie"]
 
 T = TypeVar("T")
 
 
-class TiedTo:
+class TiedTo(Placeholder):
     """Stands at a tied name in place of its Parameter: a pytree node without children.
 
     Its static part is ``(source, target, transpose)``, both names relative to the module that
@@ -66,7 +84,8 @@ class TiedTo:
     it before the tie is resolved gets an error naming both parameters.
     """
 
-    __slots__ = ("aux",)
+    __slots__ = ()
+    named = True  # state_dict writes a tied name, as PyTorch does
 
     def __init__(self, source: str, target: str, transpose: bool = False) -> None:
         self.aux = (source, target, bool(transpose))
@@ -103,6 +122,11 @@ class TiedTo:
         """The Parameter this name stands for, given the source Parameter."""
         return source._with_value(_transpose(source.value)) if self.aux[2] else source
 
+    def stands_for(self, name: str, params: Mapping[str, Any]) -> Parameter | None:
+        """The `Placeholder` protocol: the source's Parameter (transposed if declared)."""
+        source = params.get(self.source_name(name))
+        return None if source is None else self.resolve(source)
+
     def _unresolved(self) -> str:
         t = ".T" if self.aux[2] else ""
         return (
@@ -125,9 +149,6 @@ class TiedTo:
     def __repr__(self) -> str:
         t = ", transpose=True" if self.aux[2] else ""
         return f"TiedTo({self.aux[0]!r}{t})"
-
-
-register_static_node(TiedTo)
 
 
 def _transpose(x: Any) -> Any:
@@ -268,13 +289,13 @@ def load_tied(
             and _same_values(state[source], raw, transpose)
         ):
             continue  # loading the source loads the target
-        value = _state._convert(target, expected[target], raw, errors)
+        value = convert_or_report(target, expected[target], raw, errors)
         if value is None:
             continue
         if source not in state:
             state[source] = _transpose(value) if transpose else value
             continue
-        given = _state._convert(source, expected[source], state[source], [])
+        given = convert_or_report(source, expected[source], state[source], [])
         if given is None:
             continue  # load_state_dict reports it
         state[source] = given
@@ -289,7 +310,7 @@ def load_tied(
 
 def _placeholders(tree: Any) -> tuple[list[tuple[str, TiedTo]], dict[str, Any]]:
     found, variables = [], {}
-    for name, node in walk(tree, tied=True):
+    for name, node in walk(tree, placeholders=True):
         if isinstance(node, TiedTo):
             found.append((name, node))
         elif isinstance(node, _Variable):
@@ -315,7 +336,7 @@ def _resolve(tree: T) -> T:
             )
         param = node.resolve(source)
         param = source._with_value(source.value) if param is source else param  # its own object
-        tree = _surgery._update(tree, name.split("."), lambda _, p=param: p, name)
+        tree = update_at(tree, name, lambda _, p=param: p)
     return tree
 
 
@@ -327,16 +348,32 @@ def untie(tree: T) -> T:
     an ordinary model of your own class whose two names are independent from then on (e.g. to
     fine-tune them separately)::
 
-        h = jp.untie(model).encode(ids)
+        class AutoEncoder(jp.Module):
+            enc: nn.Linear
+            dec: nn.Linear
+
+            def __init__(self, *, key):
+                k1, k2 = jax.random.split(key)
+                self.enc, self.dec = nn.Linear(8, 4, key=k1), nn.Linear(4, 8, key=k2)
+
+            def encode(self, x):
+                return self.enc(x)
+
+            def __call__(self, x):
+                return self.dec(self.encode(x))
+
+        model = jp.tie(AutoEncoder(key=jax.random.key(0)), "dec.weight", "enc.weight",
+                       transpose=True)
+        h = jp.untie(model).encode(jnp.ones((2, 8)))
     """
-    return _paths.map_modules(_resolve(tree), _base)
+    return map_modules(_resolve(tree), _base)
 
 
 def ties(tree: Any) -> dict[str, tuple[str, bool]]:
     """``{target: (source, transpose)}`` for every tie in ``tree``, by full name."""
     return {
         name: (node.source_name(name), node.transpose)
-        for name, node in walk(tree, tied=True)
+        for name, node in walk(tree, placeholders=True)
         if isinstance(node, TiedTo)
     }
 
@@ -350,8 +387,16 @@ def tie(tree: T, target: str, source: str, *, transpose: bool = False) -> T:
     ``decoder.weight = embed.weight``. See the module docstring for what a tie means for names,
     gradients, optimizers, files and freezing::
 
+        model = nn.ModuleDict({
+            "embed": nn.Embedding(10, 4, key=jax.random.key(0)),
+            "decoder": nn.Linear(4, 10, bias=False, key=jax.random.key(1)),
+            "enc": nn.Linear(8, 4, key=jax.random.key(2)),    # weight (4, 8)
+            "dec": nn.Linear(4, 8, key=jax.random.key(3)),    # weight (8, 4)
+        })
+
         model = jp.tie(model, "decoder.weight", "embed.weight")
         model = jp.tie(model, "dec.weight", "enc.weight", transpose=True)
+        assert jp.ties(model)["dec.weight"] == ("enc.weight", True)
 
     Chains never form, so no weight is ever orphaned:
 
@@ -368,7 +413,9 @@ def tie(tree: T, target: str, source: str, *, transpose: bool = False) -> T:
     """
     transpose = _check_tie_args(target, source, transpose)
     nodes = {
-        name: node for name, node in walk(tree, tied=True) if isinstance(node, (_Variable, TiedTo))
+        name: node
+        for name, node in walk(tree, placeholders=True)
+        if isinstance(node, (_Variable, TiedTo))
     }
     source, transpose = _follow(nodes, target, source, transpose)
     tgt = nodes.get(target)
@@ -383,8 +430,8 @@ def tie(tree: T, target: str, source: str, *, transpose: bool = False) -> T:
     _check_pair(tree, nodes, target, source, transpose)
     tree = _repoint(tree, nodes, target, source, transpose)
     placeholder = TiedTo(source, target, transpose)
-    tree = _surgery._update(tree, target.split("."), lambda _: placeholder, target)
-    if isinstance(tree, _module.Module):
+    tree = update_at(tree, target, lambda _: placeholder)
+    if isinstance(tree, ModuleBase):
         cls = _tied_class(type(tree))
         if type(tree) is not cls:
             out = object.__new__(cls)
@@ -461,12 +508,5 @@ def _repoint(tree: T, nodes: Mapping[str, Any], target: str, source: str, transp
         inside = not scope or source.startswith(scope + ".")
         rel = source[len(scope) + 1 :] if scope and inside else source
         new = TiedTo(rel, node.target if inside else name, transpose != node.transpose)
-        tree = _surgery._update(tree, name.split("."), lambda _, p=new: p, name)
+        tree = update_at(tree, name, lambda _, p=new: p)
     return tree
-
-
-# Imported last: `paths` imports this file at its end, and these import `paths`.
-from . import module as _module  # noqa: E402
-from . import paths as _paths  # noqa: E402
-from . import state as _state  # noqa: E402
-from . import surgery as _surgery  # noqa: E402

@@ -15,9 +15,11 @@ Conventions, shared by every layer:
 - Randomness is an argument: ``Dropout``/``Sequential``/``MLP`` take ``key=`` in the call.
 - State updates (BatchNorm running statistics) come back through `stateful_call`::
 
-      y, model = nn.stateful_call(model, x)
+      model = nn.Sequential(nn.Linear(4, 2, key=jax.random.key(0)), nn.BatchNorm1d(2))
+      y, model = nn.stateful_call(model, jnp.ones((8, 4)))
 """
 
+from ..stateful import stateful_call, update_state
 from . import functional as functional
 from . import utils as utils
 from .activation import (
@@ -85,7 +87,6 @@ from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 from .resample import PixelShuffle, PixelUnshuffle, Upsample, interpolate
 from .shape import Unflatten
 from .stacked import Stacked
-from .stateful import stateful_call, update_state
 from .transformer import (
     Transformer,
     TransformerDecoder,

@@ -18,14 +18,8 @@ from jax.typing import DTypeLike
 
 from .. import init
 from ..module import Module
+from ..modulebase import describe
 from ..parameter import Parameter
-
-
-def describe(layer: Module) -> str:
-    """``Linear(in_features=4, out_features=3)``: the layer and its hyperparameters, for errors."""
-    static = type(layer)._jp_static
-    args = ", ".join(f"{name}={layer.__dict__[name]!r}" for name in static)
-    return f"{type(layer).__name__}({args})"
 
 
 def shape_error(layer: Module, expected: str, x: Any) -> ValueError:

@@ -12,9 +12,13 @@ them in place. Instead:
 - ``bn(x)`` always returns just the output. In training mode it hands its updated copy to the
   enclosing `nn.stateful_call`, which returns the whole model with new statistics::
 
+      model = nn.Sequential(nn.Linear(4, 2, key=jax.random.key(0)), nn.BatchNorm1d(2))
+      x = jnp.linspace(-1.0, 1.0, 32).reshape(8, 4)
+
       model = model.train()
       y, model = nn.stateful_call(model, x)      # works through Sequential, MLP, your modules
       y = model.eval()(x)                        # uses the running statistics
+      assert int(model[1].num_batches_tracked.value) == 1
 
   Called in training mode outside `nn.stateful_call`, it raises instead of dropping the update.
 - ``bn.forward_train(x) -> (y, new_bn)`` is the same step for one layer, with no context.
@@ -35,6 +39,7 @@ from jax.typing import DTypeLike
 from .. import init
 from ..module import Module, field
 from ..parameter import Buffer, Parameter
+from ..stateful import update_state
 from ._utils import (
     NORM_AXES,
     affine,
@@ -46,7 +51,6 @@ from ._utils import (
     describe,
     standardize,
 )
-from .stateful import update_state
 
 __all__ = [
     "BatchNorm1d",
@@ -180,9 +184,11 @@ class BatchNorm2d(_BatchNorm):
     Training mode normalises with the batch's statistics and records updated running
     statistics for `nn.stateful_call`; evaluation mode uses the running statistics::
 
+        key, x = jax.random.key(0), jnp.linspace(-1.0, 1.0, 384).reshape(2, 3, 8, 8)
         model = nn.Sequential(nn.Conv2d(3, 8, 3, key=key), nn.BatchNorm2d(8), nn.ReLU())
         y, model = jax.jit(nn.stateful_call)(model, x)
         y_eval = model.eval()(x)
+        assert y.shape == y_eval.shape == (2, 8, 6, 6)
     """
 
     _ndims = (4,)
@@ -274,6 +280,7 @@ class InstanceNorm2d(_InstanceNorm):
     With ``track_running_stats=True`` run training steps through `nn.stateful_call`, as for
     BatchNorm::
 
+        x = jnp.linspace(-1.0, 1.0, 256).reshape(2, 8, 4, 4)
         norm = nn.InstanceNorm2d(8, affine=True, track_running_stats=True).train()
         y, norm = nn.stateful_call(norm, x)
     """

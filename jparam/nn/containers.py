@@ -392,9 +392,11 @@ class Sequential(Module):
     randomness; other layers are called as ``layer(x)``. Stateful layers (BatchNorm) need nothing
     from the container: run the whole model through `nn.stateful_call`::
 
+        k1, k2, x = jax.random.key(1), jax.random.key(2), jnp.ones((5, 4))
         model = nn.Sequential(nn.Linear(4, 8, key=k1), nn.ReLU(), nn.Dropout(0.1),
                               nn.Linear(8, 2, key=k2))
         y = model(x, key=jax.random.key(3))
+        assert y.shape == (5, 2)
     """
 
     layers: tuple[Module | None, ...] = field(inline=True)

@@ -233,8 +233,9 @@ class Conv2d(_ConvNd):
     plus ``key`` and ``dtype``. ``weight`` is ``(out, in / groups, kh, kw)``; default init is
     PyTorch's (U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias)::
 
-        conv = nn.Conv2d(3, 16, 3, padding="same", key=key)
-        y = conv(jnp.ones((8, 3, 32, 32)))    # (8, 16, 32, 32)
+        conv = nn.Conv2d(3, 8, 3, padding="same", key=jax.random.key(0))
+        y = conv(jnp.ones((2, 3, 16, 16)))
+        assert y.shape == (2, 8, 16, 16)
     """
 
     _n = 2

@@ -33,9 +33,10 @@ class Dropout(Module):
     False (``.eval()``) or ``p == 0``, and then needs no key. `Sequential` and `MLP` split their
     ``key`` among the layers that take one::
 
-        drop = nn.Dropout(0.1)
+        drop, x = nn.Dropout(0.1), jnp.ones((5, 8))
         y = drop(x, key=jax.random.key(1))    # training mode (the default)
         y = drop.eval()(x)                    # identity
+        assert (y == x).all()
     """
 
     p: float = field(static=True)

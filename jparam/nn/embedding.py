@@ -5,7 +5,9 @@ so later lookups see the rescaled rows. jparam cannot mutate: each call returns 
 rows, and in training mode the layer with the rescaled rows written into its ``weight`` comes
 back through `nn.stateful_call`, like BatchNorm's running statistics::
 
+    emb, ids = nn.Embedding(10, 4, max_norm=1.0, key=jax.random.key(0)), jnp.array([1, 2])
     out, emb = nn.stateful_call(emb, ids)   # emb.weight now holds the rescaled rows
+    assert jnp.allclose(jnp.linalg.norm(emb.weight.value[ids], axis=-1), 1.0, atol=1e-4)
 
 so a training loop sees the same weights as PyTorch's. In evaluation mode nothing is written
 back (outputs are the same either way: rescaling twice changes nothing). Gradients follow
@@ -28,8 +30,8 @@ from jax.typing import DTypeLike
 from .. import init
 from ..module import Module, field
 from ..parameter import Parameter, to_array
+from ..stateful import update_state
 from ._utils import check_int, describe, require_key
-from .stateful import update_state
 
 _AXES = ("vocab", "embed")  # logical sharding names (see jparam.sharding)
 _MODES = ("sum", "mean", "max")

@@ -31,8 +31,9 @@ class Linear(Module):
     loads unchanged. Default init is PyTorch's: U(-1/sqrt(in_features), 1/sqrt(in_features)) for
     weight and bias. Input ``(..., in_features)``, output ``(..., out_features)``::
 
-        layer = nn.Linear(4, 3, key=jax.random.key(0))
-        y = layer(jnp.ones((2, 4)))          # (2, 3)
+        layer = nn.Linear(4, 2, key=jax.random.key(0))
+        y = layer(jnp.ones((5, 4)))
+        assert y.shape == (5, 2)
     """
 
     weight: Parameter

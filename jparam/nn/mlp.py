@@ -29,8 +29,10 @@ class MLP(Sequential):
     ``nn.LayerNorm``/``nn.GELU``, or a ``functools.partial``); ``norm_layer`` gets the width.
     Every Linear is initialised as PyTorch's, from ``key``::
 
-        mlp = nn.MLP(16, [64, 64, 10], activation_layer=nn.GELU, dropout=0.1, key=key)
+        key, x = jax.random.key(0), jnp.ones((5, 4))
+        mlp = nn.MLP(4, [8, 8, 2], activation_layer=nn.GELU, dropout=0.1, key=key)
         y = mlp(x, key=jax.random.key(1))      # training mode: dropout active
+        assert y.shape == (5, 2)
     """
 
     in_channels: int = field(static=True)

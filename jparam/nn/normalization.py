@@ -199,12 +199,16 @@ def _check_number(layer: str, name: str, value: Any) -> float:
 
 class LocalResponseNorm(Module):
     """Divides each value by a power of the mean square of its neighbours across channels,
-    PyTorch's ``nn.LocalResponseNorm`` (AlexNet's normalisation)::
+    PyTorch's ``nn.LocalResponseNorm`` (AlexNet's normalisation): ``y[n, c] = x[n, c] / (k +
+    alpha / size * sum(x[n, c'] ** 2 for c' near c)) ** beta``. The window covers ``size``
+    channels (``size // 2`` before, ``(size - 1) // 2`` after, zeros beyond the edges). Inputs
+    are ``(N, C, *)`` with at least one spatial axis::
 
-        y[n, c] = x[n, c] / (k + alpha / size * sum(x[n, c'] ** 2 for c' near c)) ** beta
-
-    The window covers ``size`` channels (``size // 2`` before, ``(size - 1) // 2`` after,
-    zeros beyond the edges). Inputs are ``(N, C, *)`` with at least one spatial axis.
+        lrn = nn.LocalResponseNorm(size=3, alpha=0.1, beta=0.75, k=1.0)
+        x = jnp.linspace(-2.0, 2.0, 40).reshape(2, 5, 4)            # (N, C, L)
+        sq = jnp.pad(x**2, ((0, 0), (1, 1), (0, 0)))                 # 1 before, 1 after
+        window = sum(sq[:, i : i + 5] for i in range(3))             # c - 1, c, c + 1
+        assert jnp.allclose(lrn(x), x / (1.0 + 0.1 / 3 * window) ** 0.75, atol=1e-6)
     """
 
     size: int = field(static=True)

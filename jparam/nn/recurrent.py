@@ -279,8 +279,9 @@ class RNN(_RNNBase):
     Returns ``(output, h_n)`` as PyTorch does. With ``dropout > 0`` in training mode, the call
     needs ``key=``::
 
-        rnn = nn.RNN(10, 20, num_layers=2, key=jax.random.key(0))
-        output, h_n = rnn(jnp.ones((5, 3, 10)))     # (5, 3, 20), (2, 3, 20)
+        rnn = nn.RNN(4, 8, num_layers=2, key=jax.random.key(0))
+        output, h_n = rnn(jnp.ones((5, 3, 4)))      # (seq, batch, features)
+        assert output.shape == (5, 3, 8) and h_n.shape == (2, 3, 8)
     """
 
     nonlinearity: str = field(static=True)
@@ -349,8 +350,9 @@ class LSTM(_RNNBase):
     ``proj_size > 0`` each layer projects ``h`` by ``weight_hr_l{k}`` to ``proj_size``, so
     ``output`` and ``h_n`` have ``proj_size`` features and ``c_n`` keeps ``hidden_size``::
 
-        lstm = nn.LSTM(10, 20, batch_first=True, key=jax.random.key(0))
-        output, (h_n, c_n) = lstm(jnp.ones((3, 5, 10)))   # (3, 5, 20), (1, 3, 20) twice
+        lstm = nn.LSTM(4, 2, batch_first=True, key=jax.random.key(0))
+        output, (h_n, c_n) = lstm(jnp.ones((3, 5, 4)))    # (batch, seq, features)
+        assert output.shape == (3, 5, 2) and h_n.shape == c_n.shape == (1, 3, 2)
     """
 
     def __init__(

@@ -201,7 +201,9 @@ def interpolate(
     and ``"bicubic"`` (4-d, cubic kernel with ``A = -0.75``), ``"trilinear"`` (5-d);
     ``align_corners`` as in PyTorch for the interpolating modes. The output has input's dtype::
 
+        x = jnp.arange(16.0).reshape(1, 1, 4, 4)
         y = nn.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        assert y.shape == (1, 1, 8, 8) and y.dtype == x.dtype
     """
     x = jnp.asarray(input)
     spatial = x.ndim - 2

@@ -43,7 +43,8 @@ def _sizes(unflattened_size: Any) -> tuple[int, ...]:
 class Unflatten(Module):
     """Splits axis ``dim`` into ``unflattened_size``, PyTorch's ``nn.Unflatten``::
 
-        nn.Unflatten(1, (8, 4, 4))(x)     # (N, 128) -> (N, 8, 4, 4)
+        x = jnp.ones((2, 128))
+        assert nn.Unflatten(1, (8, 4, 4))(x).shape == (2, 8, 4, 4)
 
     One entry may be ``-1``, inferred from the axis size; any other mismatch is an error.
     """

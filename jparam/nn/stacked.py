@@ -4,11 +4,21 @@ An unrolled list of 48 transformer blocks makes XLA compile 48 copies of the blo
 keeps one copy of the block whose arrays carry a leading layer axis ``[N, ...]`` and scans over
 it, so compile time stays flat as depth grows (at some runtime cost: offer it, do not force it)::
 
-    class Block(jp.Module): ...               # x -> x, same shape and dtype
+    class Block(jp.Module):                   # x -> x, same shape and dtype
+        fc: nn.Linear
 
-    blocks = nn.Stacked(lambda k: Block(64, key=k), 24, key=key)          # vmap'd init
-    blocks = nn.Stacked.from_layers([Block(64, key=k) for k in keys])    # or stack existing ones
+        def __init__(self, dim, *, key):
+            self.fc = nn.Linear(dim, dim, key=key)
+
+        def __call__(self, x):
+            return x + jax.nn.gelu(self.fc(x))
+
+    key, keys, x = jax.random.key(0), jax.random.split(jax.random.key(1), 24), jnp.ones((2, 8))
+
+    blocks = nn.Stacked(lambda k: Block(8, key=k), 24, key=key)           # vmap'd init
+    blocks = nn.Stacked.from_layers([Block(8, key=k) for k in keys])     # or stack existing ones
     y = blocks(x)                             # layer 0, 1, ..., 23 in order, one compiled body
+    assert blocks.layers.fc.weight.shape == (24, 8, 8) and y.shape == x.shape
 
 Names are two-faced on purpose. `named_parameters`, `jp.split`, gradients and optimizers see the
 stacked arrays (``blocks.layers.attn.in_proj_weight``, shape ``[24, 192, 64]``): a few large
@@ -19,9 +29,20 @@ and `summary` see PyTorch's per-layer names (``blocks.0.attn.in_proj_weight``), 
 Per-layer freezing: fine-tuning the top N layers. ``freeze``/``unfreeze`` also take per-layer
 names, so single layers of a stack freeze as they would unrolled::
 
+    from collections import OrderedDict
+
+    def block(key):
+        k1, k2 = jax.random.split(key)
+        return nn.ModuleDict({"attn": nn.Linear(8, 8, key=k1), "mlp": nn.Linear(8, 8, key=k2)})
+
+    model = nn.ModuleDict(OrderedDict(blocks=nn.Stacked(block, 24, key=jax.random.key(0)),
+                                      head=nn.Linear(8, 2, key=jax.random.key(1))))
+
     model = model.freeze().unfreeze("blocks.2[0-3]", "head")   # train layers 20-23 and the head
     model = model.freeze("blocks.[0-5]")                        # or freeze the bottom six
     model = model.freeze("blocks.0.attn")                       # one sub-module of one layer
+    flags = model["blocks"].layers["mlp"].weight.metadata["layer_trainable"]
+    assert flags == (False,) * 20 + (True,) * 4
 
 A stacked Parameter with some layers frozen stays trainable (it is one array) and carries the
 per-layer flags as ``layer_trainable`` metadata, e.g. ``(False, False, True, True)``:
@@ -59,9 +80,9 @@ from ..filters import layer_meta, row_mask
 from ..module import Module, field
 from ..parameter import Parameter, _intern_meta, _Variable, dtype_shape, rebuild_variable
 from ..paths import is_variable, path_name, walk
+from ..stateful import stateful_call, update_state
 from ._utils import describe, require_key
 from .containers import takes_key
-from .stateful import stateful_call, update_state
 
 __all__ = ["Stacked"]
 
@@ -340,9 +361,9 @@ class Stacked(Module):
     Freeze a stacked parameter by glob (``model.freeze("blocks.*.attn")``) or single layers by
     their per-layer names (see "Per-layer freezing" in the module docstring). Example::
 
-        blocks = nn.Stacked(lambda k: nn.Linear(8, 8, key=k), 4, key=jax.random.key(0))
+        blocks = nn.Stacked(lambda k: nn.Linear(8, 8, key=k), 24, key=jax.random.key(0))
         y = jax.jit(lambda m, x: m(x))(blocks, jnp.ones((2, 8)))
-        assert blocks.layers.weight.shape == (4, 8, 8)
+        assert blocks.layers.weight.shape == (24, 8, 8)
         assert list(blocks.state_dict())[:3] == ["0.weight", "0.bias", "1.weight"]
     """
 

@@ -83,7 +83,11 @@ def clip_grad_norm(grads: T, max_norm: Any, norm_type: Any = 2.0) -> tuple[T, ja
     absolute value), and each is multiplied by ``min(1, max_norm / (total_norm + 1e-6))``, as
     PyTorch does. Norms are computed in at least float32; each gradient keeps its dtype::
 
+        model = nn.Linear(4, 2, key=jax.random.key(0))
+        grads = jp.grad(lambda m: 100 * m(jnp.ones(4)).sum())(model)
+
         grads, norm = nn.utils.clip_grad_norm(grads, max_norm=1.0)
+        assert jnp.isclose(jp.global_norm(grads), 1.0, atol=1e-4)
     """
     p = _norm_type(norm_type)
     if isinstance(max_norm, (bool, str)):

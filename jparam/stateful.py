@@ -5,13 +5,20 @@ Every layer's ``__call__`` returns only its output. A layer that updates state w
 innermost `stateful_call`. `stateful_call` runs the model and returns ``(output, new_model)``
 with every recorded update put in place::
 
+    model = nn.Sequential(nn.Linear(4, 2, key=jax.random.key(0)), nn.BatchNorm1d(2))
+    opt = jp.Optimizer(optax.sgd(0.1), model)
+    x, y = jnp.linspace(-1.0, 1.0, 32).reshape(8, 4), jnp.zeros((8, 2))
+
     @jax.jit
-    def train_step(model, x, y):
+    def train_step(model, opt, x, y):
         def loss_fn(model):
             out, new_model = nn.stateful_call(model, x)   # BatchNorm statistics updated
             return jnp.mean((out - y) ** 2), new_model
         (loss, new_model), grads = jp.value_and_grad(loss_fn, has_aux=True)(model)
-        ...  # apply `grads` to `new_model`, which carries the new statistics
+        return opt.update(new_model, grads)   # `new_model` carries the new statistics
+
+    model, opt = train_step(model, opt, x, y)
+    assert int(model[1].num_batches_tracked.value) == 1
 
 Containers need nothing special: `Sequential`, `MLP` and your own modules just call their
 children. The record lives only while `stateful_call` runs, inside whatever trace calls it, so
@@ -31,18 +38,17 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ..module import Module
-from ..paths import walk
-from ..surgery import at
-from ._utils import describe
+from .modulebase import ModuleBase, describe
+from .paths import walk
+from .surgery import at
 
 __all__ = ["stateful_call", "update_state"]
 
-M = TypeVar("M", bound=Module)
+M = TypeVar("M", bound=ModuleBase)
 _local = threading.local()
 
 
-def _records() -> list[dict[int, tuple[Module, Module]]]:
+def _records() -> list[dict[int, tuple[ModuleBase, ModuleBase]]]:
     stack = getattr(_local, "stack", None)
     if stack is None:
         stack = _local.stack = []
@@ -56,11 +62,21 @@ def update_state(module: M, step: Callable[[M], tuple[Any, M]]) -> Any:
     `stateful_call`. If the same module object already ran in this call (a shared layer used
     twice), ``step`` gets its updated version, so updates accumulate as in PyTorch::
 
-        def __call__(self, x):                  # a layer that counts its training calls
-            if not self.training:
-                return x
-            bump = lambda m: (x, m.replace(count=m.count.replace(m.count.value + 1)))
-            return nn.update_state(self, bump)
+        class Counter(jp.Module):               # a layer that counts its training calls
+            count: jp.Buffer
+
+            def __init__(self):
+                self.count = jp.Buffer(jnp.zeros((), jnp.int32))
+
+            def __call__(self, x):
+                if not self.training:
+                    return x
+                bump = lambda m: (x, m.replace(count=m.count.replace(m.count.value + 1)))
+                return nn.update_state(self, bump)
+
+        y, counter = nn.stateful_call(Counter(), jnp.ones(3))
+        y, counter = nn.stateful_call(counter, jnp.ones(3))
+        assert int(counter.count.value) == 2
     """
     stack = _records()
     if not stack:
@@ -79,9 +95,9 @@ def update_state(module: M, step: Callable[[M], tuple[Any, M]]) -> Any:
 
 
 def _tree_of(model: Any) -> Any:
-    if inspect.ismethod(model) and isinstance(model.__self__, Module):
+    if inspect.ismethod(model) and isinstance(model.__self__, ModuleBase):
         return model.__self__
-    if isinstance(model, Module):
+    if isinstance(model, ModuleBase):
         return model
     raise TypeError(
         "stateful_call expects a jp.Module (or a bound method of one, e.g. model.encode), "
@@ -99,7 +115,7 @@ def stateful_call(model: Callable[..., Any], /, *args: Any, **kwargs: Any) -> tu
     auxiliary output) and nested calls (each returns the updates made inside it).
     """
     tree = _tree_of(model)
-    records: dict[int, tuple[Module, Module]] = {}
+    records: dict[int, tuple[ModuleBase, ModuleBase]] = {}
     stack = _records()
     stack.append(records)
     try:
@@ -110,7 +126,7 @@ def stateful_call(model: Callable[..., Any], /, *args: Any, **kwargs: Any) -> tu
         return out, tree
     names: dict[int, list[str]] = {}
     for name, node in walk(tree):
-        if isinstance(node, Module) and id(node) in records and records[id(node)][0] is node:
+        if isinstance(node, ModuleBase) and id(node) in records and records[id(node)][0] is node:
             names.setdefault(id(node), []).append(name)
     missing = [describe(old) for i, (old, _) in records.items() if i not in names]
     if missing:
