@@ -208,11 +208,14 @@ def check_port(port: Port, tmp_path: pathlib.Path) -> Any:
         grad_error = max(grad_error, error if np.abs(torch_grads[name]).max() > noise_floor else 0)
 
     # 4. three jitted AdamW steps, against torch.optim.AdamW
-    trained_model, losses = _adamw_steps(port, model, inputs, targets)
-    torch_losses = _torch_adamw_steps(port, reference, inputs, torch_targets)
+    trained_model, losses, first = _adamw_steps(port, model, inputs, targets)
+    torch_losses, torch_first = _torch_adamw_steps(port, reference, inputs, torch_targets)
     assert_close(np.array(losses), np.array(torch_losses), port.grad_rtol, "AdamW losses")
     after = _mapped(port, torch_state(reference))
-    noise = {n: _noise_entries(g, torch_grads[n], noise_floor) for n, g in grads.items()}
+    # from the first step's gradients, in the mode the steps run in (a BatchNorm in training
+    # mode cancels the bias of what comes before it: zero there, not in evaluation mode)
+    floor = NOISE * max(float(np.max(np.abs(g))) for g in first.values())
+    noise = {n: _noise_entries(g, torch_first[n], floor) for n, g in first.items()}
     for name, value in trained_model.state_dict().items():
         value, expected = np.asarray(value), np.asarray(after[name])
         what = f"{name} after {STEPS} AdamW steps"
@@ -257,33 +260,37 @@ def _adamw_steps(port: Port, model: Any, inputs: dict[str, Any], targets: tuple)
         return _mse(as_tuple(outputs), targets), model
 
     @jax.jit
-    def step(model: Any, opt: jp.Optimizer) -> tuple[Any, jp.Optimizer, Any]:
+    def step(model: Any, opt: jp.Optimizer) -> tuple[Any, jp.Optimizer, Any, Any]:
         (loss, model), grads = jp.value_and_grad(loss_fn, has_aux=True)(model)
         model, opt = opt.update(model, grads)
-        return model, opt, loss
+        return model, opt, loss, grads
 
     model = model.train() if port.train else model
     tx = optax.adamw(LR, b1=BETAS[0], b2=BETAS[1], eps=EPS, weight_decay=WEIGHT_DECAY)
-    opt, losses = jp.Optimizer(tx, model), []
+    opt, losses, first = jp.Optimizer(tx, model), [], None
     for _ in range(STEPS):
-        model, opt, loss = step(model, opt)
+        model, opt, loss, grads = step(model, opt)
         losses.append(float(loss))
-    return model.eval(), losses
+        first = first or {n: np.asarray(p.value) for n, p in jp.named_parameters(grads)}
+    return model.eval(), losses, first
 
 
 def _torch_adamw_steps(
     port: Port, module: torch.nn.Module, inputs: dict[str, Any], targets: tuple
-) -> list[float]:
+) -> tuple[list[float], dict[str, Any]]:
+    """torch's ``STEPS`` AdamW steps; returns the losses and the first step's gradients under
+    the port's names."""
     module.train(port.train)
     opt = torch.optim.AdamW(
         module.parameters(), lr=LR, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY
     )
-    losses = []
+    losses, first = [], None
     for _ in range(STEPS):
         opt.zero_grad()
         loss = _mse(_torch_call(port, module, inputs), targets)
         loss.backward()
+        first = first or _torch_grads_mapped(port, module)
         opt.step()
         losses.append(float(loss.detach()))
     module.eval()
-    return losses
+    return losses, first
