@@ -366,17 +366,8 @@ def _check_dynamic(cls: type, name: str, value: Any) -> None:
 
 
 class ModuleBase(metaclass=_ModuleMeta):
-    """The core of `jp.Module`: an immutable dataclass pytree, its walks and copies.
-
-    Every method is pure: where PyTorch mutates (``load_state_dict``, ``train``, ``half``,
-    ``requires_grad_``) it returns a new module and leaves this one untouched. Names follow
-    PyTorch: attribute names joined by ``.``, list/tuple indices as numbers, dict keys as they
-    are, so a module tree built like a PyTorch one has the same ``state_dict`` keys in the same
-    order.
-
-    Every module has a static ``training`` flag (``True`` at construction); ``train()`` and
-    ``eval()`` return copies with it set throughout. Changing it retraces jitted functions.
-    """
+    """The core of `jp.Module` (subclass that): an immutable dataclass pytree, its walks,
+    copies and training flag. `jp.Module` documents the behaviour users see."""
 
     _jp_dynamic: ClassVar[tuple[str, ...]] = ()
     _jp_static: ClassVar[tuple[str, ...]] = ()

@@ -435,6 +435,23 @@ class _Variable(ArrayNode):
         meta = self._rebuild_meta(changes) if changes else self._meta
         return rebuild_variable(type(self), meta, new)
 
+    def drop_metadata(self, *keys: str) -> Any:
+        """Returns a copy without the metadata entries ``keys`` (``replace`` sets entries).
+
+        A key the variable does not have raises, naming the keys it has, so a typo never
+        passes. ``p.drop_metadata("axes")`` leaves ``p`` replicated by `jp.shardings`.
+        """
+        have = dict(self._meta[1])
+        missing = [k for k in keys if k not in have]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__} has no metadata {', '.join(map(repr, missing))}; "
+                f"its metadata: {', '.join(map(repr, have)) or 'none'}"
+            )
+        for k in keys:
+            del have[k]
+        return rebuild_variable(type(self), _intern_meta(self._meta[0], have), self._value)
+
     def _with_value(self, value: Any) -> Any:
         # Unchecked: for library code that already holds a valid (possibly traced) array.
         return rebuild_variable(type(self), self._meta, value)

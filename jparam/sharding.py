@@ -62,7 +62,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from .filters import glob_matches, require_match
 from .optim import Optimizer
-from .parameter import _intern_meta, _Variable
+from .parameter import _Variable
 from .paths import is_variable, map_variables, path_name
 
 __all__ = [
@@ -414,14 +414,9 @@ def annotate(tree: T, axes: Mapping[str, Axes | None]) -> T:
                         f"{name}: axes {value} name {len(value)} dimension(s), but the array "
                         f"has shape {tuple(v.shape)}"
                     )
-                meta = v.metadata
                 if value is None:
-                    meta.pop("axes", None)
-                else:
-                    meta["axes"] = value
-                out = v._with_value(v._value)
-                object.__setattr__(out, "_meta", _intern_meta(v._meta[0], meta))
-                return out
+                    return v.drop_metadata("axes") if "axes" in v.metadata else v
+                return v.replace(axes=value)
         return v
 
     return map_variables(tree, set_axes)

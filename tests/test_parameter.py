@@ -399,3 +399,19 @@ def test_subclasses_are_pytree_nodes():
     out = jax.jit(lambda s: s)(s)
     assert type(out) is Scaled
     assert jax.tree.leaves(s)[0] is s.value
+
+
+def test_drop_metadata_removes_entries_and_refuses_unknown_keys():
+    p = jp.Parameter(jnp.ones((2, 3)), axes=("out", "in"), lr_scale=0.1, trainable=False)
+    q = p.drop_metadata("axes")
+    assert q.metadata == {"lr_scale": 0.1} and not q.trainable
+    assert p.metadata == {"axes": ("out", "in"), "lr_scale": 0.1}  # the original is unchanged
+    chex.assert_trees_all_equal(q.value, p.value)
+    assert type(jp.Buffer(jnp.ones(2), axes=("out",)).drop_metadata("axes")) is jp.Buffer
+    # the treedef follows the metadata: a dropped key is a different static structure
+    assert jax.tree_util.tree_structure(q) != jax.tree_util.tree_structure(p)
+    assert jax.tree_util.tree_structure(q) == jax.tree_util.tree_structure(
+        jp.Parameter(jnp.ones((2, 3)), lr_scale=0.1, trainable=False)
+    )
+    with pytest.raises(KeyError, match=r"no metadata 'axis'; its metadata: 'axes', 'lr_scale'"):
+        p.drop_metadata("axis")
