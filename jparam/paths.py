@@ -330,22 +330,15 @@ def map_variables(tree: Any, fn: Callable[[str, Any], Any], *, arrays: bool = Fa
     return tree_util.tree_map_with_path(visit, tree, is_leaf=is_variable)
 
 
-def map_modules(tree: Any, fn: Callable[[Any], Any], *, top_down: bool = False) -> Any:
-    """Rebuilds ``tree`` with every Module ``m`` replaced by ``fn(m)``; ``None`` keeps ``m``.
+def map_modules(tree: Any, fn: Callable[[Any], Any]) -> Any:
+    """Rebuilds ``tree`` bottom-up with every Module ``m`` replaced by ``fn(m)``.
 
-    By default children are mapped before their parent, so ``fn`` sees a parent whose children
-    are already replaced. ``top_down=True`` maps a module first and then the children of what
-    ``fn`` returned (how a module is swapped for another view of itself, outermost first).
-    ``__init__`` is never re-run.
+    Children are mapped before their parent, so ``fn`` sees a parent whose children are already
+    replaced. ``fn`` returning ``None`` keeps the module. ``__init__`` is never re-run.
     """
-
-    def apply(node: Any) -> Any:
-        out = fn(node)
-        return node if out is None else out
 
     def rebuild(node: Any) -> Any:
         if is_module(node):
-            node = apply(node) if top_down else node
             d = node.__dict__
             changed = {}
             for name in type(node)._jp_dynamic:
@@ -353,7 +346,8 @@ def map_modules(tree: Any, fn: Callable[[Any], Any], *, top_down: bool = False) 
                 if new is not d[name]:
                     changed[name] = new
             node = node._copy_with(changed) if changed else node
-            return node if top_down else apply(node)
+            out = fn(node)
+            return node if out is None else out
         if not children(node):
             return node
         return tree_util.tree_map(

@@ -20,7 +20,7 @@ from jax import tree_util
 from .conversion import abstract_errors, convert_or_report
 from .mapping import as_mapping, torch_parametrization_names
 from .parameter import Buffer, _Variable
-from .paths import map_modules, map_variables, walk
+from .paths import get_at, map_variables, update_at, walk
 from .tying import TiedTo, load_tied, resolve_entries
 
 __all__ = ["IncompatibleKeys", "StateDictError", "load_state_dict", "state_dict"]
@@ -44,12 +44,15 @@ def _persistent(node: Any) -> bool:
 
 
 # -- state views: modules saved under other names than their fields -----------------------------
-# A module class may store its arrays in one form and save them in another: `nn.Stacked` keeps N
-# layers as one layer with stacked arrays and saves them as PyTorch's per-layer entries. Such a
-# class defines ``_jp_state_view(self) -> Module``, a module whose names are the saved names, and
-# the view's class defines ``_jp_from_state_view(self) -> Module``, which turns a (loaded) view
-# back into the stored form. `state_dict`, `load_state_dict` and `summary` go through views;
-# `named_parameters`, `split` and gradients see the stored form.
+# The state-view protocol. A module class may store its arrays in one form and save them in
+# another: `nn.Stacked` keeps N layers as one layer with stacked arrays and saves them under
+# PyTorch's per-layer names. Such a class defines two methods:
+#   ``state_view(self) -> Module``: a module whose names are the saved names;
+#   ``from_state_view(self, view) -> Self``: ``self`` rebuilt from a (loaded) view, ``self``
+#   giving everything static.
+# `state_dict`, `load_state_dict` and `summary` go through views (outermost first: a view may
+# hold modules with views of their own); `named_parameters`, `split` and gradients see the
+# stored form.
 _HAS_VIEW: dict[type, bool] = {}
 
 
@@ -58,24 +61,33 @@ def _has_view(node: Any) -> bool:
     try:
         return _HAS_VIEW[cls]
     except KeyError:
-        return _HAS_VIEW.setdefault(cls, callable(getattr(cls, "_jp_state_view", None)))
+        return _HAS_VIEW.setdefault(cls, callable(getattr(cls, "state_view", None)))
 
 
 def _abstract(tree: Any) -> Any:
     return tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), tree)
 
 
-def _with_views(tree: Any) -> Any:
-    """``tree`` with each module that has a state view replaced by it, outermost first."""
-    return map_modules(tree, lambda m: m._jp_state_view() if _has_view(m) else None, top_down=True)
+def _replace_at(tree: Any, name: str, new: Any) -> Any:
+    return new if name == "" else update_at(tree, name, lambda _: new)
 
 
-def _from_views(tree: Any) -> Any:
-    def restore(m: Any) -> Any:
-        from_view = getattr(type(m), "_jp_from_state_view", None)
-        return None if from_view is None else from_view(m)
+def _with_views(tree: Any, names: list[str]) -> tuple[Any, list[tuple[str, Any]]]:
+    """``tree`` with the module at each of ``names`` (outermost first, as `saved_variables`
+    lists them) replaced by its state view; also each ``(name, owner)`` replaced."""
+    owners = []
+    for name in names:
+        owner = get_at(tree, name) if name else tree
+        owners.append((name, owner))
+        tree = _replace_at(tree, name, owner.state_view())
+    return tree, owners
 
-    return map_modules(tree, restore)
+
+def _from_views(tree: Any, owners: list[tuple[str, Any]]) -> Any:
+    """The inverse of `_with_views`, innermost first: each owner rebuilt from its view."""
+    for name, owner in reversed(owners):
+        tree = _replace_at(tree, name, owner.from_state_view(get_at(tree, name) if name else tree))
+    return tree
 
 
 def saved_variables(
@@ -107,7 +119,7 @@ def saved_variables(
         elif _has_view(node):
             if views is not None:
                 views.append(name)
-            view = (_abstract(node) if abstract else node)._jp_state_view()
+            view = (_abstract(node) if abstract else node).state_view()
             _put(
                 found,
                 saved_variables(view, name, views, abstract=abstract, all_buffers=all_buffers),
@@ -217,10 +229,10 @@ def load_state_dict(
     plain = OrderedDict((n, v) for n, v in expected.items() if n not in tied)
     values, incompatible = match_state(plain, state, strict, type(tree).__name__, errors)
     incompatible.missing_keys.extend(t for t, (s, _) in tied.items() if s in incompatible[0])
-    viewed = _with_views(tree) if views else tree  # modules that save under other names
-    new = map_variables(viewed, lambda n, v: v.replace(values[n]) if n in values else v)
-    if views:
-        new = _from_views(new)
+    viewed, owners = _with_views(tree, views)  # modules that save under other names
+    new = _from_views(
+        map_variables(viewed, lambda n, v: v.replace(values[n]) if n in values else v), owners
+    )
     if any(not isinstance(v, jax.ShapeDtypeStruct) for v in values.values()):
         _check_no_abstract_leftovers(new)
     return new if strict else (new, incompatible)

@@ -499,10 +499,17 @@ class Stacked(Module):
         """The field holding the stacked layer, and how many layers (`jparam.filters`)."""
         return "layers", self.num_layers
 
-    def _jp_state_view(self) -> Module:
-        return _LayerList(tuple(self.unstack()), type(self), self.remat).replace(
-            training=self.training
-        )
+    # -- the state-view protocol (see jparam.state): PyTorch's per-layer names -----------------
+    def state_view(self) -> Module:
+        """What `state_dict`, `load_state_dict` and `summary` see: the layers one by one, named
+        ``0``, ``1``, ... as in an ``nn.ModuleList``, so checkpoints have PyTorch's names."""
+        return _LayerList(tuple(self.unstack())).replace(training=self.training)
+
+    def from_state_view(self, view: Module) -> Stacked:
+        """This stack rebuilt from a (loaded) `state_view`: its layers stacked again."""
+        items = list(view.items)
+        template = _stack(items, f"{type(self).__name__}.load_state_dict")
+        return type(self)._build(template, len(items), self.remat, view.training)
 
     def _jp_repr_items(self) -> list[tuple[str, Any]]:
         abstract = _map_arrays(
@@ -515,15 +522,9 @@ class Stacked(Module):
 
 
 class _LayerList(Module):
-    """What `state_dict` and `summary` see of a `Stacked`: its layers as an ``nn.ModuleList``."""
+    """A `Stacked`'s state view: its layers as an ``nn.ModuleList`` holds them."""
 
     items: tuple[Module, ...] = field(inline=True)
-    owner: type = field(static=True)
-    remat: Remat = field(static=True)
-
-    def _jp_from_state_view(self) -> Stacked:
-        template = _stack(list(self.items), f"{self.owner.__name__}.load_state_dict")
-        return self.owner._build(template, len(self.items), self.remat, self.training)
 
 
 def _check_num_layers(num_layers: Any) -> None:

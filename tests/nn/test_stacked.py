@@ -729,6 +729,12 @@ def test_per_layer_names_inside_nested_stacks(key):
     w = np.asarray(grads.layers.inner.layers.weight.value)
     assert np.all(w[1, 0] == 0) and np.all(np.abs(w[1, 1]) + np.abs(w[0, 0]) > 0)
     assert list(jp.stats(outer)) == list(outer.state_dict())  # reports in per-layer order
+    # loading goes through both views, the outer stack's and then each inner one's
+    fresh = nn.Stacked(lambda k: Outer(key=k), 3, key=jax.random.key(9))
+    loaded = fresh.load_state_dict(outer.state_dict())
+    assert jax.tree.structure(loaded) == jax.tree.structure(fresh)
+    for (name, a), b in zip(loaded.state_dict().items(), outer.state_dict().values()):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=name)
 
 
 # -- parameter groups by per-layer names ----------------------------------------------------------
