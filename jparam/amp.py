@@ -58,7 +58,7 @@ two, and its casts cannot tell a Parameter from a Buffer. The pieces here are sm
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 import jax
@@ -116,7 +116,7 @@ def _floating_dtype(value: Any, what: str) -> np.dtype:
         raise TypeError(f"{what} must be a floating dtype, got {value!r}") from None
     if not jnp.issubdtype(dt, jnp.floating):
         raise TypeError(f"{what} must be a floating dtype, got {dt}")
-    if dt.itemsize == 8 and not jax.config.jax_enable_x64:
+    if dt.itemsize == 8 and not jax.config.read("jax_enable_x64"):
         raise ValueError(
             f"{what} is {dt}, but 64-bit types are disabled in JAX (the arrays would silently "
             'be float32); call jax.config.update("jax_enable_x64", True) first'
@@ -346,7 +346,7 @@ class DynamicLossScale:
         )
 
 
-def _unflatten_scale(aux: tuple, children: tuple) -> DynamicLossScale:
+def _unflatten_scale(aux: tuple, children: Iterable[Any]) -> DynamicLossScale:
     out = object.__new__(DynamicLossScale)
     out.growth_factor, out.backoff_factor, out.growth_interval, out.min_scale = aux
     out.loss_scale, out.counter = children
@@ -390,7 +390,7 @@ def select_tree(pred: Any, on_true: T, on_false: T) -> T:
         raise TypeError(f"select_tree expects a scalar bool, got {pred.dtype}{list(pred.shape)}")
     new, new_def = tree_util.tree_flatten_with_path(on_true)
     old, old_def = tree_util.tree_flatten_with_path(on_false)
-    if new_def != old_def:
+    if new_def != old_def:  # type: ignore[operator]  # jaxlib has no stubs for PyTreeDef
         raise ValueError(
             f"select_tree: the two trees differ in structure:\n  {new_def}\n  {old_def}"
         )

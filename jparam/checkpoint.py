@@ -350,8 +350,8 @@ def _prune(directory: Path, step: int, keep: int) -> None:
     for s in doomed:
         tempfiles.discard(steps[s], steps[s])
     for name in os.listdir(directory):  # incomplete steps older than every kept one
-        s = _step_of(name)
-        if s is not None and s < kept and s not in steps:
+        found = _step_of(name)
+        if found is not None and found < kept and found not in steps:
             tempfiles.discard(directory / name, directory / name)
 
 

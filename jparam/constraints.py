@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,7 @@ from jax.scipy.linalg import expm
 from .module import Module, field
 from .parameter import ArrayNode, Buffer, Parameter, dtype_shape
 from .paths import get_at, map_variables, named_parameters, update_at, walk
+from .sharding import axes_for_shape
 from .stateful import update_state
 from .surgery import selected_names
 
@@ -106,8 +107,14 @@ class Parametrization(Module):
     A plain function passed to `parametrize` is wrapped as one with the identity inverse.
     """
 
-    def __call__(self, *originals: jax.Array) -> jax.Array:
-        raise NotImplementedError(f"{type(self).__name__} must define __call__(*originals)")
+    if TYPE_CHECKING:
+        # A subclass takes as many arrays as the weight has raw values (its own signature).
+        def __call__(self, *originals: Any, **kwargs: Any) -> jax.Array: ...
+
+    else:
+
+        def __call__(self, *originals: jax.Array) -> jax.Array:
+            raise NotImplementedError(f"{type(self).__name__} must define __call__(*originals)")
 
     def right_inverse(self, weight: jax.Array) -> jax.Array | tuple[jax.Array, ...]:
         """The raw value(s) whose image is ``weight`` (or the nearest the map can reach)."""
@@ -209,6 +216,7 @@ class _Orthogonal(Parametrization):
         else:  # Cayley: (I - A/2)^-1 (I + A/2)
             eye = jnp.eye(n, dtype=x.dtype)
             q = jnp.linalg.solve(eye - a / 2, eye + a / 2)
+        assert self.base is not None  # set by setup()
         q = self.base.value.astype(q.dtype) @ q[..., :k]
         return (jnp.swapaxes(q, -1, -2) if wide else q).astype(dtype)
 
@@ -382,9 +390,11 @@ class _SpectralNorm(Parametrization):
         if w.ndim == 1:
             return _normalize(w, (0,), self.eps)
         if not self.training:
+            assert self.u is not None and self.v is not None  # set by setup()
             return self._scaled(w, self.u.value, self.v.value)
 
         def step(m: _SpectralNorm) -> tuple[jax.Array, _SpectralNorm]:
+            assert m.u is not None and m.v is not None  # set by setup()
             u, v = m._power(m._matrix(w), m.u.value, m.v.value, m.n_power_iterations)
             new = m.replace(u=m.u._with_value(u), v=m.v._with_value(v))
             return m._scaled(w, u, v), new
@@ -466,25 +476,22 @@ def _mode_at(tree: Any, name: str) -> bool:
 
 
 def _raw_meta(weight: Parameter, raw: Any) -> dict[str, Any]:
-    """The weight's metadata for one raw value; logical ``axes`` follow the raw's shape.
-
-    An axis the raw value has reduced to size 1 (weight norm's ``g``) is replicated (``None``);
-    a raw value of another rank gets no ``axes`` at all (replicated), since names cannot be
-    matched to its dimensions.
-    """
+    """The weight's metadata for one raw value; logical ``axes`` follow the raw's shape
+    (`jp.sharding.axes_for_shape`: an axis reduced to size 1, weight norm's ``g``, is
+    replicated; a raw value of another rank gets no ``axes`` at all)."""
     meta = weight.metadata
-    axes, want, got = meta.get("axes"), weight.shape, tuple(jnp.shape(raw))
-    if axes is None or got == want:
-        return meta
-    if isinstance(axes, tuple) and len(axes) == len(want) == len(got):
-        meta["axes"] = tuple(a if g == w else None for a, g, w in zip(axes, got, want))
-    else:
-        del meta["axes"]
+    if meta.get("axes") is not None:
+        axes = axes_for_shape(meta["axes"], tuple(weight.shape), tuple(jnp.shape(raw)))
+        if axes is None:
+            del meta["axes"]
+        else:
+            meta["axes"] = axes
     return meta
 
 
 def _wrap(node: Any, constraint: Parametrization, name: str, mode: bool) -> Parametrized:
     where = f"parametrize({name!r})" if name else "parametrize(parameter)"
+    original: Parametrized | Parameter | tuple[Parameter, ...] | None
     if isinstance(node, Parametrized):
         # Composition, as in PyTorch: the new map applies to the current effective weight.
         weight, original = node.eval().value, node
@@ -602,7 +609,12 @@ def remove(tree: T, where: Any = None, *, leave_parametrized: bool = True) -> T:
                 f"remove: {name!r} is a {type(node).__name__}, not a parametrized weight"
             )
         new = _removed(node, name, leave_parametrized)
-        tree = new if not name else update_at(tree, name, lambda _, v=new: v)
+
+        def put(_: Any, value: Parameter = new) -> Parameter:
+            return value
+
+        # no name: the whole tree was one parametrized weight
+        tree = cast(T, new) if not name else update_at(tree, name, put)
     return tree
 
 

@@ -29,10 +29,11 @@ from typing import Any, TypeVar
 
 from . import precision as _precision
 from . import state as _state
-from . import summary as _summary
 from . import surgery as _surgery
 from .filters import trainable_size
 from .modulebase import ModuleBase, PlainArrayWarning, field
+from .summary import module_repr as _module_repr
+from .summary import summary as _summary
 from .tying import tie
 
 __all__ = ["Module", "PlainArrayWarning", "field"]
@@ -131,7 +132,7 @@ class Module(ModuleBase):
     # -- display ----------------------------------------------------------------------------
     def summary(self) -> str:
         """A table of parameters and buffers: name, shape, dtype, trainable, count, totals."""
-        return _summary.summary(self)
+        return _summary(self)
 
     def __repr__(self) -> str:
-        return _summary.module_repr(self)
+        return _module_repr(self)

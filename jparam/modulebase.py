@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Callable, Hashable, Iterator
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import jax
 import numpy as np
@@ -82,7 +82,7 @@ def field(
     return dataclasses.field(metadata=metadata, **kwargs)
 
 
-def _register(cls: type) -> None:
+def _register(cls: type[ModuleBase]) -> None:
     """Registers ``cls`` with flatten/unflatten functions generated for its exact fields.
 
     Generated code reads and writes the instance dict with literal keys: no loops, no zips, no
@@ -129,7 +129,7 @@ def unflatten(aux, children):
     m.__dict__.update({{{", ".join(put)}}})
     return m
 """
-    namespace = {
+    namespace: dict[str, Any] = {
         "new": _new,
         "cls": cls,
         "keys": [tree_util.GetAttrKey(n) for n in dynamic],
@@ -238,7 +238,7 @@ class _Scan:
 
     __slots__ = ("cls", "on_path", "plain", "root", "seen", "shared")
 
-    def __init__(self, cls: type, root: ModuleBase | None) -> None:
+    def __init__(self, cls: type[ModuleBase], root: ModuleBase | None) -> None:
         """``root``: the module being built; ``None`` checks values for cycles only."""
         self.cls = cls
         self.root = id(root)
@@ -373,6 +373,22 @@ class ModuleBase(metaclass=_ModuleMeta):
     _jp_static: ClassVar[tuple[str, ...]] = ()
     _jp_inline: ClassVar[str | None] = None
     _jp_defines_api = True
+
+    if TYPE_CHECKING:
+        # For type checkers only: nothing here exists at run time (so nothing becomes a field).
+        # `_ModuleMeta` sets these on every class.
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+        _jp_plain_ok: ClassVar[frozenset[str]]
+        _jp_custom_init: ClassVar[bool]
+        _jp_api: ClassVar[frozenset[str]]
+
+        # A class without its own ``__init__`` gets the dataclass one, which takes its fields;
+        # one with its own (or a parent's) ``__init__`` is checked against that signature.
+        def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+        # Layers define ``__call__`` with their own signature; a field typed as a base class
+        # (``layer: jp.Module``) is still callable.
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def _jp_tie_shared(self: M, later: str, first: str) -> M:
         """What construction does with one Parameter found at ``later`` and ``first``.

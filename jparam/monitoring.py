@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -109,7 +109,9 @@ def _entries(tree: Any, include_buffers: bool) -> list[_Entry]:
 
 
 def _rows(layers: Layers | None, x: Any) -> Layers | None:
-    k = 0 if layers is None else len(layers.shape)
+    if layers is None:
+        return None
+    k = len(layers.shape)
     return layers if k and tuple(x.shape[:k]) == layers.shape else None
 
 
@@ -309,10 +311,15 @@ class NonFinite:
         return f"NonFinite(code={self.code!r}, names=<{len(self.names)} names>)"
 
 
+def _unflatten_non_finite(names: tuple[str, ...], children: Iterable[Any]) -> NonFinite:
+    (code,) = children
+    return NonFinite(code, names)
+
+
 tree_util.register_pytree_with_keys(
     NonFinite,
     lambda r: (((tree_util.GetAttrKey("code"), r.code),), r.names),
-    lambda names, children: NonFinite(children[0], names),
+    _unflatten_non_finite,
     flatten_func=lambda r: ((r.code,), r.names),
 )
 

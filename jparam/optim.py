@@ -41,7 +41,7 @@ pattern (a model-shaped tree) and `Optimizer` (a dict keyed by name).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, NamedTuple, TypeVar
 
 import jax.numpy as jnp
@@ -148,6 +148,7 @@ class Optimizer:
         return params, rest
 
     def _grads(self, grads: Any, params: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any]
         if isinstance(grads, Mapping):
             found = {k: getattr(v, "value", v) for k, v in grads.items()}
         else:
@@ -217,7 +218,7 @@ class Optimizer:
         errors = abstract_errors(expected, state_dict)
         values, _ = match_state(expected, state_dict, strict, "Optimizer", errors)
         leaves = [values.get(name, leaf) for name, leaf in expected.items()]
-        return self._with_state(treedef.unflatten(leaves))
+        return self._with_state(tree_util.tree_unflatten(treedef, leaves))
 
     def __repr__(self) -> str:
         return f"Optimizer({len(self.names)} trainable parameters, tx={self.tx!r:.60})"
@@ -231,7 +232,7 @@ def _flatten_optimizer_with_keys(o: Optimizer) -> tuple[tuple, tuple]:
     return ((tree_util.GetAttrKey("state"), o.state),), (o.tx, o.names, o.specs)
 
 
-def _unflatten_optimizer(aux: tuple, children: tuple) -> Optimizer:
+def _unflatten_optimizer(aux: tuple, children: Iterable[Any]) -> Optimizer:
     out = object.__new__(Optimizer)
     out.tx, out.names, out.specs = aux
     (out.state,) = children
@@ -509,8 +510,11 @@ def scale_by_name(
     values: dict[str, Any] = {}
     for e in entries:
         found = [factor_of(names, p) for names, p in _views(e, trainable_only=False)]
-        uniform = all(v == found[0] for v in found)
-        values[e.name] = found[0] if uniform else np.asarray(found).reshape(e.layers.shape)
+        uniform = all(v == found[0] for v in found)  # always, when not stacked: one view
+        if uniform or e.layers is None:
+            values[e.name] = found[0]
+        else:
+            values[e.name] = np.asarray(found).reshape(e.layers.shape)
     return _scaled(_ByName(values, "scale_by_name"))
 
 
@@ -519,8 +523,8 @@ def _keep_frozen_layers(old: dict[str, Any], new: dict[str, Any], rest: Any) -> 
     ``old`` bit for bit: their gradient is zero, but weight decay and momentum would move them.
     """
     holes = tree_util.tree_leaves(rest, is_leaf=lambda x: isinstance(x, Hole))
-    masks = [(h.name, row_mask(h.aux[2])) for h in holes if isinstance(h, Hole)]
-    masks = [(name, m) for name, m in masks if m is not None and name in new]
+    candidates = [(h.name, row_mask(h.aux[2])) for h in holes if isinstance(h, Hole)]
+    masks = [(name, m) for name, m in candidates if m is not None and name in new]
     if not masks:
         return new
     out = dict(new)

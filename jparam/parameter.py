@@ -22,9 +22,9 @@ trace and nothing at all on a jitted step's inputs and outputs.
 from __future__ import annotations
 
 import operator
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import FrozenInstanceError
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +34,7 @@ from jax import tree_util
 __all__ = ["ArrayNode", "Buffer", "Parameter", "to_array"]
 
 _new = object.__new__
+V = TypeVar("V", bound="_Variable")
 _Tracer = jax.core.Tracer
 _stop_gradient = jax.lax.stop_gradient
 _VALUE_KEY = (tree_util.GetAttrKey("value"),)
@@ -222,7 +223,7 @@ def _flatten_with_keys(v: Any):
     return ((_VALUE_KEY[0], v._value),), v._meta
 
 
-def rebuild_variable(cls: type, meta: tuple, value: Any) -> Any:
+def rebuild_variable(cls: type[V], meta: tuple, value: Any) -> V:
     """A `Parameter`/`Buffer` of type ``cls`` from its static metadata and a value, unchecked.
 
     For library code (unflattening, `jp.merge`) whose value may be a tracer or a placeholder.
@@ -233,7 +234,7 @@ def rebuild_variable(cls: type, meta: tuple, value: Any) -> Any:
     return out
 
 
-def _unpickle(cls: type, trainable: bool | None, items: tuple, value: Any) -> Any:
+def _unpickle(cls: type[_Variable], trainable: bool | None, items: tuple, value: Any) -> Any:
     return rebuild_variable(cls, _intern_meta(trainable, dict(items)), value)
 
 
@@ -253,6 +254,8 @@ class _frozen(property):  # lower case: a decorator, like `property`
     Immutability costs nothing where it matters: the private slots stay plain, so flattening
     and unflattening (every jitted call) run as fast as for a mutable object.
     """
+
+    fget: Callable[[Any], Any]  # always given: `_frozen` decorates a getter
 
     def __set__(self, obj: Any, value: Any) -> None:
         raise FrozenInstanceError(_immutable(obj, self.fget.__name__, "set"))
@@ -381,7 +384,7 @@ class ArrayNode:
     __ge__ = _binary(operator.ge)[0]
     __eq__ = _binary(operator.eq)[0]
     __ne__ = _binary(operator.ne)[0]
-    __hash__ = None  # elementwise __eq__, like arrays
+    __hash__ = None  # type: ignore[assignment]  # elementwise __eq__: unhashable, like ndarray
 
 
 class _Variable(ArrayNode):

@@ -99,6 +99,7 @@ class _Spec:
     """
 
     __slots__ = ("spec",)
+    spec: tuple[tuple[int, ...], Any] | None
 
     def __init__(self, value: Any) -> None:
         try:

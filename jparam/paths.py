@@ -102,7 +102,7 @@ def keyed_children(node: Any) -> list[tuple[str, Any, Any]]:
     if is_module(node):
         d = node.__dict__
         inline = type(node)._jp_inline
-        out = []
+        out: list[tuple[str, Any, Any]] = []
         for name in type(node)._jp_dynamic:
             if name == inline:
                 out.extend(
@@ -399,7 +399,7 @@ def _replace_child(node: Any, index: Any, value: Any) -> Any:
     flat, treedef = tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)
     names = [name for name, _ in children(node)]
     flat[names.index(index)] = value
-    return treedef.unflatten(flat)
+    return tree_util.tree_unflatten(treedef, flat)
 
 
 def _get_child(node: Any, index: Any, seg: str) -> Any:

@@ -18,7 +18,7 @@ this protocol, never by class:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from jax import tree_util
@@ -30,12 +30,13 @@ class Placeholder:
     """Base class of placeholder nodes; see the module docstring for the protocol."""
 
     __slots__ = ("aux",)
+    aux: Any  # the whole static part (hashable); its layout is each subclass's own
     named: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
 
-        def unflatten(aux: tuple, children: tuple) -> Any:
+        def unflatten(aux: tuple, children: Iterable[Any]) -> Any:
             out = object.__new__(cls)
             out.aux = aux
             return out

@@ -30,7 +30,7 @@ def _check_dtype(dtype: Any) -> np.dtype:
             f"astype casts floating arrays only and expects a floating dtype, got {dt}; "
             "integer arrays keep their dtype"
         )
-    if dt.itemsize == 8 and not jax.config.jax_enable_x64:
+    if dt.itemsize == 8 and not jax.config.read("jax_enable_x64"):
         raise ValueError(
             f"cannot cast to {dt}: 64-bit types are disabled in JAX, so the result would "
             'silently be float32. Call jax.config.update("jax_enable_x64", True) first.'

@@ -163,7 +163,7 @@ def watch_retraces(
         traces._commit(*pending)
         return out
 
-    traced.traces = traces  # jax.jit copies the wrapper's attributes onto the jitted function
+    traced.traces = traces  # type: ignore[attr-defined]  # jax.jit copies the wrapper's attributes onto the jitted function
     return traced
 
 
@@ -184,7 +184,7 @@ def no_retrace(fn: Callable) -> Iterator[Traces]:
 
 def _find_traces(fn: Callable) -> Traces:
     """The `Traces` of a `watch_retraces` wrapper or of any function wrapping one."""
-    seen = fn
+    seen: Any = fn
     while seen is not None:
         traces = getattr(seen, "traces", None)
         if isinstance(traces, Traces):

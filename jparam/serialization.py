@@ -240,7 +240,7 @@ def _checksum(a: np.ndarray) -> str:
     """xxHash3 of the dtype, the shape and the bytes: a corrupted header (F32 read as I32)
     fails it too. xxHash3 runs at memory speed (about 30 GB/s), a few percent of a write."""
     h = xxhash.xxh3_64(f"{a.dtype.name}{tuple(a.shape)}".encode())
-    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8))  # bfloat16 only as bytes
+    h.update(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)  # bfloat16 only as bytes
     return h.hexdigest()
 
 
@@ -665,7 +665,7 @@ def _aligned_bytes(n: int) -> np.ndarray:
 
 def _read_into(f: Any, offset: int, buf: np.ndarray) -> bool:
     """Fills ``buf`` from ``offset``, in as many reads as the OS needs; False at a short file."""
-    view = memoryview(buf)
+    view = buf.data
     f.seek(offset)
     while view.nbytes:
         n = f.readinto(view)

@@ -81,10 +81,41 @@ T = TypeVar("T")
 Axes = tuple[str | None, ...]
 MeshAxes = str | Sequence[str] | None
 
+LAYER_AXIS = "layers"
+"""The logical name of the leading axis that `nn.Stacked` adds to its layers' arrays."""
+
 STANDARD_NAMES: frozenset[str] = frozenset(
-    {"out", "in", "vocab", "embed", "norm", "layers", "batch", "seq"}
+    {"out", "in", "vocab", "embed", "norm", LAYER_AXIS, "batch", "seq"}
 )
 """Logical names jparam itself uses; replicated unless the rules map them."""
+
+
+# -- the ``axes`` metadata, as other features change arrays ---------------------------------------
+# Everything that reshapes an annotated array asks here how its ``axes`` follow.
+
+
+def stacked_axes(axes: Any, stack: bool) -> Any:
+    """``axes`` of an array that gains (``stack``) or loses the leading layer axis.
+
+    Anything but a tuple, or a tuple without a leading layer axis to drop, comes back as is.
+    """
+    if not isinstance(axes, tuple):
+        return axes
+    if stack:
+        return (LAYER_AXIS, *axes)
+    return axes[1:] if axes and axes[0] == LAYER_AXIS else axes
+
+
+def axes_for_shape(axes: Any, want: tuple[int, ...], got: tuple[int, ...]) -> Any:
+    """``axes`` of an array of shape ``want``, for a related array of shape ``got`` (a
+    parametrization's raw value): kept where the shapes agree, ``None`` (replicated) for a
+    dimension reduced to another size; ``None`` for the whole annotation when the ranks differ,
+    since names cannot be matched to dimensions then."""
+    if axes is None or got == want:
+        return axes
+    if isinstance(axes, tuple) and len(axes) == len(want) == len(got):
+        return tuple(a if g == w else None for a, g, w in zip(axes, got, want))
+    return None
 
 
 class Rules(Mapping[str, tuple[str, ...]]):
@@ -346,8 +377,8 @@ def shardings(
                 return leaf._with_value(replicated)
             s = _spec(name, axes, tuple(leaf.shape), r, sizes)
             return leaf._with_value(NamedSharding(mesh, s))
-        s = _followed(path, leaf, by_name) if by_name else None
-        return replicated if s is None else NamedSharding(mesh, s)
+        followed = _followed(path, leaf, by_name) if by_name else None
+        return replicated if followed is None else NamedSharding(mesh, followed)
 
     return tree_util.tree_map_with_path(visit, tree, is_leaf=is_variable)
 
@@ -398,7 +429,12 @@ def annotate(tree: T, axes: Mapping[str, Axes | None]) -> T:
         assert mlp["fc2"].weight.metadata["axes"] == ("embed", "mlp")
     """
     names: list[str] = []
-    map_variables(tree, lambda n, v: names.append(n) or v)
+
+    def collect(name: str, v: Any) -> Any:
+        names.append(name)
+        return v
+
+    map_variables(tree, collect)
     for pattern, value in axes.items():
         if not isinstance(pattern, str):
             raise TypeError(f"annotate: keys are name globs (str), got {pattern!r}")

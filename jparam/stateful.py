@@ -36,7 +36,7 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from .modulebase import ModuleBase, describe
 from .paths import walk
@@ -87,7 +87,7 @@ def update_state(module: M, step: Callable[[M], tuple[Any, M]]) -> Any:
             "`forward_train(x) -> (y, new_layer)`."
         )
     records = stack[-1]
-    current = records.get(id(module), (module, module))[1]
+    current = cast(M, records.get(id(module), (module, module))[1])  # module's updated copy
     out, new = step(current)
     # Keeping `module` alive in the record means its id cannot be reused during the call.
     records[id(module)] = (module, new)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -122,7 +123,7 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def _fold_rows(rows: list[tuple]) -> list[tuple]:
+def _fold_rows(rows: list[tuple[Any, ...]]) -> list[tuple[str, ...]]:
     """Folds runs of identical consecutive blocks (``blocks.0`` ... ``blocks.47``) into one.
 
     A folded row is named ``blocks.0-47.attn.weight`` and counts ``48 x 1,024``.
@@ -172,7 +173,7 @@ def summary(tree: Any) -> Summary:
     Runs of identical blocks fold into one row per parameter (``blocks.0-47.attn.weight``,
     count ``48 x 1,024``), so a deep model's table stays readable.
     """
-    rows = []
+    rows: list[tuple[Any, ...]] = []  # counts are ints until folded
     seen: set[int] = set()
     totals = {"trainable": 0, "frozen": 0, "buffer": 0}
     size = 0
@@ -224,13 +225,18 @@ class Summary(str):
     ``footer`` hold the same content for programs.
     """
 
-    title: str
+    title: str  # type: ignore[assignment]  # the table's title, as documented; hides str.title
     header: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     footer: str
 
     def __new__(
-        cls, text: str, title: str = "", header: tuple = (), rows: list = (), footer: str = ""
+        cls,
+        text: str,
+        title: str = "",
+        header: tuple = (),
+        rows: Sequence[tuple[str, ...]] = (),
+        footer: str = "",
     ) -> Summary:
         out = super().__new__(cls, text)
         out.title, out.header, out.rows, out.footer = title, tuple(header), tuple(rows), footer

@@ -98,7 +98,11 @@ class _At(Generic[T]):
         """Returns a new tree with each selected node ``x`` replaced by ``fn(x)``."""
         tree = self._tree
         for n in self._names:
-            tree = update_at(tree, n, lambda old, n=n: _assign(old, fn(old), n))
+
+            def put(old: Any, n: str = n) -> Any:
+                return _assign(old, fn(old), n)
+
+            tree = update_at(tree, n, put)
         return tree
 
     def set(self, value: Any) -> T:
@@ -153,7 +157,9 @@ def _check_unfreezable(patterns: tuple, walked: list, stacked: dict) -> None:
 def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
     """`Module.freeze`/`unfreeze`: set the flag on parameters whose names match any glob."""
     patterns = tuple(patterns)
-    names, aliases = [], {}  # a tied name selects its source: both are one parameter
+    # a tied name selects its source: both are one parameter
+    names: list[str] = []
+    aliases: dict[str, list[str]] = {}
     walked = list(walk(tree, placeholders=True))
     stacked = stacked_layers(walked)  # per-layer names of nn.Stacked arrays: "h.0.attn.w"
     for n, node in walked:

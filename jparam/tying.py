@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import jax
@@ -336,7 +336,7 @@ def _resolve(tree: T) -> T:
             )
         param = node.resolve(source)
         param = source._with_value(source.value) if param is source else param  # its own object
-        tree = update_at(tree, name, lambda _, p=param: p)
+        tree = update_at(tree, name, _put(param))
     return tree
 
 
@@ -434,7 +434,7 @@ def tie(tree: T, target: str, source: str, *, transpose: bool = False) -> T:
     if isinstance(tree, ModuleBase):
         cls = _tied_class(type(tree))
         if type(tree) is not cls:
-            out = object.__new__(cls)
+            out: T = object.__new__(cls)
             out.__dict__.update(tree.__dict__)
             tree = out
     return tree
@@ -472,19 +472,26 @@ def _follow(nodes: Mapping[str, Any], target: str, source: str, transpose: bool)
     return source, transpose
 
 
+def _put(value: Any) -> Callable[[Any], Any]:
+    """The `update_at` function that puts ``value`` where the named node was."""
+    return lambda _: value
+
+
 def _check_pair(
     tree: Any, nodes: Mapping[str, Any], target: str, source: str, transpose: bool
 ) -> None:
-    src, tgt = nodes.get(source), nodes.get(target)
     params = [n for n, x in nodes.items() if isinstance(x, Parameter)]
     sample = ", ".join(params[:8]) + (", ..." if len(params) > 8 else "")
-    for what, name, node in (("source", source, src), ("target", target, tgt)):
+    for what, name in (("source", source), ("target", target)):
+        node = nodes.get(name)
         if not isinstance(node, Parameter):
             found = "no such name" if node is None else f"a {type(node).__name__}"
             raise KeyError(
                 f"jp.tie: {what} {name!r} is not a Parameter of this {type(tree).__name__} "
                 f"({found}); parameters are: {sample}"
             )
+    src: Parameter = nodes[source]
+    tgt: Parameter = nodes[target]
     if transpose and src.ndim != 2:
         raise ValueError(
             f"jp.tie: transpose=True needs a 2-D source, but {source} is {dtype_shape(src)}"
@@ -508,5 +515,5 @@ def _repoint(tree: T, nodes: Mapping[str, Any], target: str, source: str, transp
         inside = not scope or source.startswith(scope + ".")
         rel = source[len(scope) + 1 :] if scope and inside else source
         new = TiedTo(rel, node.target if inside else name, transpose != node.transpose)
-        tree = update_at(tree, name, lambda _, p=new: p)
+        tree = update_at(tree, name, _put(new))
     return tree

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -105,7 +105,7 @@ def check_probability(layer: str, name: str, p: Any) -> float:
         raise TypeError(f"{layer} {name} must be a number in [0, 1], got {p!r}")
     if not 0 <= p <= 1:
         raise ValueError(f"{layer} {name} must be in [0, 1], got {name}={p!r}")
-    return p
+    return cast(float, p)  # as given: an int or a NumPy scalar is kept, not converted
 
 
 def require_key(key: Any, layer: str) -> jax.Array:

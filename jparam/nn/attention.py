@@ -176,7 +176,9 @@ class MultiheadAttention(Module):
         if self.in_proj_weight is not None:
             w = self.in_proj_weight.value[index * e : (index + 1) * e]
         else:
-            w = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)[index].value
+            separate = (self.q_proj_weight, self.k_proj_weight, self.v_proj_weight)[index]
+            assert separate is not None  # no in_proj_weight: the three separate ones are there
+            w = separate.value
         y = x @ w.T
         if self.in_proj_bias is not None:
             y = y + self.in_proj_bias.value[index * e : (index + 1) * e]
@@ -238,6 +240,7 @@ class MultiheadAttention(Module):
         """``k``, ``v`` ``(N, H, S, D)`` with ``bias_k``/``bias_v`` and the zero position."""
         n, h, _, d = k.shape
         if self.bias_k is not None:
+            assert self.bias_v is not None  # add_bias_kv makes both
             heads = lambda b: jnp.broadcast_to(b.reshape(1, h, 1, d), (n, h, 1, d))
             k = jnp.concatenate([k, heads(self.bias_k.value).astype(k.dtype)], axis=2)
             v = jnp.concatenate([v, heads(self.bias_v.value).astype(v.dtype)], axis=2)

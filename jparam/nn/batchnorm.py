@@ -136,6 +136,7 @@ class _BatchNorm(Module):
                 f"{describe(self)} in training mode needs more than 1 value per channel to "
                 f"estimate a variance, got input of shape {tuple(x.shape)}"
             )
+        assert self.num_batches_tracked is not None  # tracked: the three Buffers are there
         count = self.num_batches_tracked.value + 1
         rate = 1.0 / count if self.momentum is None else self.momentum
         # Statistics are no part of the gradient (PyTorch updates them under no_grad).
@@ -149,7 +150,8 @@ class _BatchNorm(Module):
         return y, new
 
     @staticmethod
-    def _blend(running: Buffer, batch: jax.Array, rate: jax.Array | float) -> Buffer:
+    def _blend(running: Buffer | None, batch: jax.Array, rate: jax.Array | float) -> Buffer:
+        assert running is not None  # called only with running statistics tracked
         old = running.value.astype(compute_dtype(running.dtype))
         return running.replace(((1 - rate) * old + rate * batch).astype(running.dtype))
 
@@ -165,6 +167,7 @@ class _BatchNorm(Module):
         x = self._check(x)
         shape = self._param_shape(x)
         xc = x.astype(compute_dtype(x.dtype))
+        assert self.running_mean is not None and self.running_var is not None  # tracked
         mean = self.running_mean.value.reshape(shape)
         var = self.running_var.value.reshape(shape)
         return self._out((xc - mean) * jax.lax.rsqrt(var + self.eps), x)

@@ -18,7 +18,7 @@ import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, ClassVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 import jax
 import numpy as np
@@ -37,6 +37,8 @@ __all__ = [
     "Sequential",
     "takes_key",
 ]
+
+M = TypeVar("M", bound=Module)
 
 
 @functools.cache
@@ -72,7 +74,7 @@ def _untied(container: Module) -> Any:
     return untie(container) if ties(container) else container
 
 
-def _retie(old: Module, new: Module, rename: dict[str, str]) -> Module:
+def _retie(old: Module, new: M, rename: dict[str, str]) -> M:
     """``new`` (built from ``old``'s untied items) with ``old``'s ties whose two ends were
     kept, under their new names; ``rename`` maps an old item name to its new one."""
     for target, (source, transpose) in ties(old).items():
@@ -131,7 +133,13 @@ def _pairs(items: Any, what: str, *, sort_plain_dicts: bool = False) -> list[tup
     return pairs
 
 
-class _Keyed:
+if TYPE_CHECKING:  # the mixins below are only ever mixed into a jp.Module
+    _ContainerBase = Module
+else:
+    _ContainerBase = object
+
+
+class _Keyed(_ContainerBase):
     """Dict behaviour for containers named by key (the keys are the subclass's fields)."""
 
     _jp_keys: ClassVar[tuple[str, ...]] = ()
@@ -226,7 +234,7 @@ def _position(index: Any, n: int, what: str) -> int:
     return int(index) % n
 
 
-class _Listed:
+class _Listed(_ContainerBase):
     """List behaviour for `ModuleList` and `ParameterList` (items in the inline ``entries``)."""
 
     entries: tuple[Any, ...]
@@ -402,7 +410,11 @@ class Sequential(Module):
     layers: tuple[Module | None, ...] = field(inline=True)
     _jp_keys: ClassVar[tuple[str, ...] | None] = None  # the names, when built from a mapping
 
-    def __init__(self, *layers: Module) -> None:
+    @overload
+    def __init__(self, layers: Mapping[str, Module], /) -> None: ...
+    @overload
+    def __init__(self, *layers: Module) -> None: ...
+    def __init__(self, *layers: Any) -> None:
         if len(layers) == 1 and isinstance(layers[0], Mapping):
             self._named(_pairs(layers[0], "Sequential"))
             return
@@ -462,12 +474,12 @@ class Sequential(Module):
                 "names are positions, which cannot run backwards. Build the reversed model "
                 "explicitly: nn.Sequential(*reversed(list(seq)))."
             )
-        chosen = [(int(i), layer) for i, layer in named[index]]
-        layers: list[Module | None] = [None] * (chosen[-1][0] + 1 if chosen else 0)
-        for i, layer in chosen:
+        kept = [(int(i), layer) for i, layer in named[index]]
+        layers: list[Module | None] = [None] * (kept[-1][0] + 1 if kept else 0)
+        for i, layer in kept:
             layers[i] = layer
         new = Sequential().replace(layers=tuple(layers), training=self.training)
-        return _retie(self, new, {str(i): str(i) for i, _ in chosen})
+        return _retie(self, new, {str(i): str(i) for i, _ in kept})
 
     def __len__(self) -> int:
         return len(self._named_layers())

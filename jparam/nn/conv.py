@@ -114,7 +114,7 @@ def _check_windows(
 
 
 def _check_mode_padding(
-    layer: Module, x: jax.Array, pads: tuple[tuple[int, int], ...], mode: str
+    layer: _ConvNd, x: jax.Array, pads: tuple[tuple[int, int], ...], mode: str
 ) -> None:
     """Reflect padding must be smaller than the input, circular at most its size (PyTorch)."""
     for axis, (size, (lo, hi)) in enumerate(zip(x.shape[2:], pads), start=2):

@@ -228,8 +228,9 @@ class Embedding(Module):
     ) -> Embedding:
         """An Embedding holding ``embeddings`` (2-D) as they are, frozen unless ``freeze=False``."""
         weight = _pretrained(embeddings, "Embedding")
+        num, dim = weight.shape
         options = (padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
-        return cls(*weight.shape, *options, _weight=weight, _freeze=freeze)
+        return cls(num, dim, *options, _weight=weight, _freeze=freeze)
 
     def forward_train(self, ids: jax.Array) -> tuple[jax.Array, Embedding]:
         """``(rows, layer)``: with ``max_norm``, the layer holds the rescaled rows (PyTorch's
@@ -248,7 +249,7 @@ class Embedding(Module):
         return self.forward_train(ids)[0]
 
 
-def _check_offsets(layer: Module, offsets: Any, length: int) -> jax.Array:
+def _check_offsets(layer: EmbeddingBag, offsets: Any, length: int) -> jax.Array:
     """1-D integer offsets; concrete ones must start at 0, not decrease and stay in the input."""
     offsets = jnp.asarray(offsets)
     if offsets.ndim != 1 or not jnp.issubdtype(offsets.dtype, jnp.integer):
@@ -279,7 +280,7 @@ def _check_offsets(layer: Module, offsets: Any, length: int) -> jax.Array:
     return offsets
 
 
-def _bags(layer: Module, ids: jax.Array, offsets: Any) -> tuple[jax.Array, jax.Array, int]:
+def _bags(layer: EmbeddingBag, ids: jax.Array, offsets: Any) -> tuple[jax.Array, jax.Array, int]:
     """``(flat_ids, bag_of_each_id, number_of_bags)`` for 2-D ids or 1-D ids with offsets."""
     if ids.ndim == 2:
         if offsets is not None:
@@ -401,8 +402,9 @@ class EmbeddingBag(Module):
         """An EmbeddingBag holding ``embeddings`` (2-D) as they are, frozen unless
         ``freeze=False``."""
         weight = _pretrained(embeddings, "EmbeddingBag")
+        num, dim = weight.shape
         options = (max_norm, norm_type, scale_grad_by_freq, mode, sparse, weight)
-        return cls(*weight.shape, *options, include_last_offset, padding_idx, _freeze=freeze)
+        return cls(num, dim, *options, include_last_offset, padding_idx, _freeze=freeze)
 
     def _weights(self, per_sample_weights: Any, ids: jax.Array) -> jax.Array | None:
         if per_sample_weights is None:

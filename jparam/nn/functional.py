@@ -62,6 +62,7 @@ def attention_core(
         logits = jnp.where(keep, logits, -jnp.inf)
     weights = jax.nn.softmax(logits, axis=-1)
     if use_dropout:
+        assert dropout_key is not None  # every caller requires a key with dropout
         weights = apply_dropout(weights, dropout_p, dropout_key)
     out = jnp.einsum("bhls,bhsd->bhld", weights.astype(v.dtype), v)
     return out, (weights if need_weights else None)

@@ -259,6 +259,7 @@ class _AvgPoolNd(_PoolNd):
             window_strides=(1, 1, *self.stride),
             padding=((0, 0), (0, 0), *((p, p + e) for p, (_, e) in zip(self.padding, plan))),
         )
+        divisor: int | np.ndarray
         if self.divisor_override is not None:
             divisor = self.divisor_override
         else:
@@ -347,7 +348,7 @@ class _AdaptivePoolNd(Module):
                 f"positive ints or None, got {output_size!r}"
             )
         ints = tuple(None if s is None else int(s) for s in sizes)
-        self.output_size = ints if isinstance(output_size, (tuple, list)) else ints[0]
+        self.output_size = ints if isinstance(output_size, (tuple, list)) else int(output_size)
 
     def _sizes(self, x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
         """The checked input and the output size along each spatial axis."""

@@ -77,7 +77,10 @@ def _cell_shapes(
     gates: int, hidden: int, in_size: int, out_size: int, bias: bool, proj: int
 ) -> list[tuple[str, tuple[int, ...]]]:
     """Names (without suffix) and shapes of one layer and direction, in PyTorch's order."""
-    shapes = [("weight_ih", (gates * hidden, in_size)), ("weight_hh", (gates * hidden, out_size))]
+    shapes: list[tuple[str, tuple[int, ...]]] = [
+        ("weight_ih", (gates * hidden, in_size)),
+        ("weight_hh", (gates * hidden, out_size)),
+    ]
     if bias:
         shapes += [("bias_ih", (gates * hidden,)), ("bias_hh", (gates * hidden,))]
     if proj:
@@ -252,6 +255,7 @@ class _RNNBase(Module):
         hs, cs = [], []
         for layer in range(self.num_layers):
             if layer > 0 and drop:
+                assert key is not None  # checked above
                 key, sub = jax.random.split(key)
                 x = _dropout(x, self.dropout, sub)
             outs = []

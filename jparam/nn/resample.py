@@ -180,6 +180,7 @@ def _resample_axis(x: jax.Array, axis: int, taps: list) -> jax.Array:
             shape[axis] = -1
             gathered = gathered * jnp.asarray(weight, x.dtype).reshape(shape)
         out = gathered if out is None else out + gathered
+    assert out is not None  # every resampling has at least one tap
     return out
 
 

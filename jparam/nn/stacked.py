@@ -80,31 +80,24 @@ from ..filters import layer_meta, row_mask
 from ..module import Module, field
 from ..parameter import Parameter, _intern_meta, _Variable, dtype_shape, rebuild_variable
 from ..paths import is_variable, path_name, walk
+from ..sharding import stacked_axes
 from ..stateful import stateful_call, update_state
 from ._utils import describe, require_key
 from .containers import takes_key
 
 __all__ = ["Stacked"]
 
-LAYER_AXIS = "layers"  # logical name prepended to a stacked Parameter's ``axes`` metadata
-
 Remat = bool | Callable[..., Any]
 
 
 # -- the layer axis: arrays and metadata ----------------------------------------------------
 def _axes_meta(v: _Variable, stack: bool) -> tuple:
-    """``v``'s static metadata with ``"layers"`` prepended to (or dropped from) its ``axes``."""
-    meta = dict(v._meta[1])
-    axes = meta.get("axes")
-    if not isinstance(axes, tuple):
+    """``v``'s static metadata with the layer axis prepended to (or dropped from) its ``axes``."""
+    axes = dict(v._meta[1]).get("axes")
+    new = stacked_axes(axes, stack)
+    if new is axes:
         return v._meta
-    if stack:
-        meta["axes"] = (LAYER_AXIS, *axes)
-    elif axes and axes[0] == LAYER_AXIS:
-        meta["axes"] = axes[1:]
-    else:
-        return v._meta
-    return _intern_meta(v._meta[0], meta)
+    return _intern_meta(v._meta[0], {**dict(v._meta[1]), "axes": new})
 
 
 _ALL = object()  # `_map_arrays(layers=_ALL)`: the per-layer flags of every layer at once
@@ -258,7 +251,7 @@ def _without_flags(layer: Module) -> tuple[Module, list[np.ndarray | None]]:
             )
         else:
             flags.append(None)
-    return treedef.unflatten(leaves), flags
+    return tree_util.tree_unflatten(treedef, leaves), flags
 
 
 def _with_flags(template: Module, flags: list[list[np.ndarray | None]]) -> Module:
@@ -266,11 +259,12 @@ def _with_flags(template: Module, flags: list[list[np.ndarray | None]]) -> Modul
     leaves, treedef = tree_util.tree_flatten(template, is_leaf=is_variable)
     for j, leaf in enumerate(leaves):
         if isinstance(leaf, Parameter):
-            per_layer = [f[j] for f in flags]
+            per_layer = [m for f in flags if (m := f[j]) is not None]
+            assert len(per_layer) == len(flags)  # a Parameter has flags in every layer
             inner = next((np.shape(f) for f in per_layer if np.ndim(f)), ())
             mask = np.stack([np.broadcast_to(f, inner) for f in per_layer])
             leaves[j] = rebuild_variable(type(leaf), layer_meta(leaf._meta, mask), leaf.value)
-    return treedef.unflatten(leaves)
+    return tree_util.tree_unflatten(treedef, leaves)
 
 
 def _stack(layers: list[Module], what: str) -> Module:
@@ -291,7 +285,7 @@ def _stack(layers: list[Module], what: str) -> Module:
             )
     names = [path_name(p) for p, _ in tree_util.tree_flatten_with_path(layers[0])[0]]
     leaves = [_stack_leaf([f[0][j] for f in flat], names[j]) for j in range(len(names))]
-    template = flat[0][1].unflatten(leaves)
+    template = tree_util.tree_unflatten(flat[0][1], leaves)
     return _with_flags(_map_arrays(template, lambda a: a, stack=True), [f for _, f in plain])
 
 
@@ -334,7 +328,7 @@ def _describe_carry(x: Any) -> str:
 def _same_carry(x: Any, y: Any) -> bool:
     lx, tx = tree_util.tree_flatten(x)
     ly, ty = tree_util.tree_flatten(y)
-    return tx == ty and all(
+    return tx == ty and all(  # type: ignore[operator]  # PyTreeDef has no stubs
         jnp.shape(a) == jnp.shape(b) and jnp.result_type(a) == jnp.result_type(b)
         for a, b in zip(lx, ly)
     )
@@ -461,11 +455,11 @@ class Stacked(Module):
         per_layer = _map_arrays(_stop_frozen_rows(self.layers), lambda a: a, False, _ALL)
         leaves, layer_def = tree_util.tree_flatten(per_layer)
         wants_key = key is not None and takes_key(per_layer)
-        keys = jax.random.split(key, self.num_layers) if wants_key else None
+        keys = jax.random.split(key, self.num_layers) if key is not None and wants_key else None
 
         def body(carry: Any, xs: tuple[list[Any], Any]) -> tuple[Any, Any]:
             layer_leaves, k = xs
-            layer = layer_def.unflatten(layer_leaves)
+            layer = tree_util.tree_unflatten(layer_def, layer_leaves)
             extra = {"key": k} if wants_key else {}
             out, new_layer = stateful_call(layer, carry, *args, **extra, **kwargs)
             if not _same_carry(carry, out):
@@ -490,7 +484,7 @@ class Stacked(Module):
         def with_new_state(current: Stacked) -> tuple[Any, Stacked]:
             old, treedef = tree_util.tree_flatten(current.layers)
             new = [o if u is None else u for o, u in zip(old, updated)]
-            return out, current.replace(layers=treedef.unflatten(new))
+            return out, current.replace(layers=tree_util.tree_unflatten(treedef, new))
 
         return update_state(self, with_new_state)
 
@@ -505,7 +499,7 @@ class Stacked(Module):
         ``0``, ``1``, ... as in an ``nn.ModuleList``, so checkpoints have PyTorch's names."""
         return _LayerList(tuple(self.unstack())).replace(training=self.training)
 
-    def from_state_view(self, view: Module) -> Stacked:
+    def from_state_view(self, view: _LayerList) -> Stacked:
         """This stack rebuilt from a (loaded) `state_view`: its layers stacked again."""
         items = list(view.items)
         template = _stack(items, f"{type(self).__name__}.load_state_dict")

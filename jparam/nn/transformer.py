@@ -8,7 +8,7 @@ and its attention); in ``.eval()`` mode, or with ``dropout=0``, no key is needed
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 Activation = str | Callable[[jax.Array], jax.Array]
+T = TypeVar("T")
 
 
 def _activation(layer: str, activation: Activation) -> Activation:
@@ -47,10 +48,12 @@ def _apply_activation(activation: Activation, x: jax.Array) -> jax.Array:
         return jax.nn.relu(x)
     if activation == "gelu":
         return jax.nn.gelu(x, approximate=False)  # PyTorch's F.gelu: the exact erf form
-    return activation(x)
+    return cast(Callable[[jax.Array], jax.Array], activation)(x)  # any other is a function
 
 
-def _keys(layer: Module, key: jax.Array | None, n: int) -> list[jax.Array | None]:
+def _keys(
+    layer: TransformerEncoderLayer | TransformerDecoderLayer, key: jax.Array | None, n: int
+) -> list[jax.Array | None]:
     """``n`` keys for the dropouts in training mode; ``None``s when no dropout is active."""
     if not layer.training or layer.dropout_p == 0:
         return [None] * n
@@ -381,7 +384,7 @@ class TransformerDecoder(Module):
         return x if self.norm is None else self.norm(x)
 
 
-def _xavier_matrices(model: Module, key: jax.Array) -> Module:
+def _xavier_matrices(model: T, key: jax.Array) -> T:
     """Every parameter with two or more dimensions re-drawn xavier-uniform (PyTorch's
     ``Transformer._reset_parameters``)."""
     leaves, treedef = jax.tree.flatten(model, is_leaf=lambda x: isinstance(x, Parameter))
@@ -428,17 +431,19 @@ class Transformer(Module):
         require_key(key, "Transformer")
         ke, kd, kx = jax.random.split(key, 3)
         args = (d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps)
-        flags = dict(batch_first=batch_first, norm_first=norm_first, bias=bias, dtype=dtype)
+        flags: dict[str, Any] = dict(
+            batch_first=batch_first, norm_first=norm_first, bias=bias, dtype=dtype
+        )
 
         def norm() -> LayerNorm:
             return LayerNorm(d_model, layer_norm_eps, bias=bias, dtype=dtype)
 
         if custom_encoder is None:
-            layer = TransformerEncoderLayer(*args, key=ke, **flags)
-            custom_encoder = TransformerEncoder(layer, num_encoder_layers, norm())
+            encoder_layer = TransformerEncoderLayer(*args, key=ke, **flags)
+            custom_encoder = TransformerEncoder(encoder_layer, num_encoder_layers, norm())
         if custom_decoder is None:
-            layer = TransformerDecoderLayer(*args, key=kd, **flags)
-            custom_decoder = TransformerDecoder(layer, num_decoder_layers, norm())
+            decoder_layer = TransformerDecoderLayer(*args, key=kd, **flags)
+            custom_decoder = TransformerDecoder(decoder_layer, num_decoder_layers, norm())
         self.encoder = custom_encoder
         self.decoder = custom_decoder
         self.d_model, self.nhead, self.batch_first = d_model, nhead, bool(batch_first)
