@@ -59,8 +59,10 @@ def update_state(module: M, step: Callable[[M], tuple[Any, M]]) -> Any:
     """Runs ``step(module) -> (output, new_module)``, records ``new_module``, returns the output.
 
     This is how a stateful layer's ``__call__`` reports its new state to the enclosing
-    `stateful_call`. If the same module object already ran in this call (a shared layer used
-    twice), ``step`` gets its updated version, so updates accumulate as in PyTorch::
+    `stateful_call`. If the same module object already ran in this call (a parent that calls
+    one child twice in its ``__call__``), ``step`` gets its updated version, so updates
+    accumulate as in PyTorch. (Placing one layer that holds Buffers at two places of a model is
+    refused when the model is built: each place would keep its own copy.) ::
 
         class Counter(jp.Module):               # a layer that counts its training calls
             count: jp.Buffer
