@@ -1,10 +1,10 @@
 """Per-device memory of a sharded model: parameters and Adam state under DP, FSDP and TP.
 
 The transformer of ``examples/train_sharded.py`` is initialised straight into its shards
-(``jax.jit(init, out_shardings=jp.shardings(...))``) on a mesh of 8 devices shaped by each
-strategy, with one set of logical-axis rules for all of them. Bytes are read from the arrays
-themselves (``addressable_shards``: what each device really holds, not what the rules promise)
-and the largest device is reported. The last column is XLA's own estimate of the temporary
+(``jax.jit(init, out_shardings=jp.sharding.named_shardings(...))``) on a mesh of 8 devices
+shaped by each strategy, with one set of logical-axis rules for all of them. Bytes are read from
+the arrays themselves (``addressable_shards``: what each device really holds, not what the rules
+promise) and the largest device is reported. The last column is XLA's own estimate of the temporary
 memory one compiled training step needs per device besides its inputs and outputs
 (gradients, activations, gathered weights), and the step's total: inputs, outputs not written
 in place of a donated input, and temporaries, from ``compiled.memory_analysis()``.
@@ -61,8 +61,8 @@ def measure(strategy: str, args: argparse.Namespace) -> dict:
 
     key = jax.random.key(0)
     abstract_model, abstract_opt = jax.eval_shape(init, key)
-    model_sh = jp.shardings(abstract_model, mesh, RULES)
-    opt_sh = jp.shardings(abstract_opt, mesh, RULES, model=abstract_model)
+    model_sh = jp.sharding.named_shardings(abstract_model, mesh, RULES)
+    opt_sh = jp.sharding.named_shardings(abstract_opt, mesh, RULES, model=abstract_model)
     model, opt = jax.jit(init, out_shardings=(model_sh, opt_sh))(key)
     stats = None
     if not args.no_step:

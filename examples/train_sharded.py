@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     key = jax.random.key(args.seed)
     abstract_model, abstract_opt = jax.eval_shape(init, key)  # shapes only, no memory
-    model_sh = jp.shardings(abstract_model, mesh, RULES)
-    opt_sh = jp.shardings(abstract_opt, mesh, RULES, model=abstract_model)
+    model_sh = jp.sharding.named_shardings(abstract_model, mesh, RULES)
+    opt_sh = jp.sharding.named_shardings(abstract_opt, mesh, RULES, model=abstract_model)
     model, opt = jax.jit(init, out_shardings=(model_sh, opt_sh))(key)
 
     batch_sh = NamedSharding(mesh, jp.sharding.spec(("batch", None), RULES, mesh=mesh))

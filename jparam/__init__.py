@@ -5,9 +5,9 @@ save and load them by name; `jax.jit`, `jax.grad` and optax take the model as it
 `jparam.module` for a first example and README.md for the tour.
 """
 
-from . import amp, constraints, init, mapping, nn, optim, sharding
+from . import amp, init, mapping, nn, optim, parametrizations, projections, sharding
 from .checkpoint import latest_step, load_checkpoint, save_checkpoint
-from .constraints import parametrize, project
+from .display import summary
 from .filters import Filter, as_filter, frozen, is_buffer, is_parameter, name, trainable
 from .logger import TensorBoardLogger
 from .mapping import Mapping
@@ -15,6 +15,7 @@ from .module import Module, PlainArrayWarning, field
 from .monitoring import NonFinite, check_finite, first_nonfinite, global_norm, stats
 from .optim import Optimizer
 from .parameter import ArrayNode, Buffer, Parameter, to_array
+from .parametrizations import parametrize, remove_parametrizations
 from .partition import merge, split
 from .paths import (
     buffers,
@@ -26,6 +27,7 @@ from .paths import (
     path_name,
 )
 from .precision import astype, to
+from .projections import project
 from .retrace import RetraceError, RetraceWarning, Traces, no_retrace, watch_retraces
 from .serialization import (
     CheckpointError,
@@ -35,10 +37,14 @@ from .serialization import (
     load_file,
     save,
 )
-from .sharded import load_sharded, save_sharded
-from .sharding import shard, shardings
-from .state import IncompatibleKeys, StateDictError, load_state_dict, state_dict
-from .summary import summary
+from .sharded_checkpoint import load_sharded, save_sharded
+from .state import (
+    IncompatibleKeys,
+    StateDictError,
+    incompatible_keys,
+    load_state_dict,
+    state_dict,
+)
 from .surgery import at
 from .training import grad, value_and_grad
 from .tying import TiedTo, tie, ties, untie
@@ -70,13 +76,13 @@ __all__ = [
     "at",
     "buffers",
     "check_finite",
-    "constraints",
     "field",
     "first_nonfinite",
     "from_torch_state_dict",
     "frozen",
     "global_norm",
     "grad",
+    "incompatible_keys",
     "init",
     "is_buffer",
     "is_parameter",
@@ -93,19 +99,20 @@ __all__ = [
     "named_buffers",
     "named_modules",
     "named_parameters",
-    "no_retrace",
     "nn",
+    "no_retrace",
     "optim",
     "parameters",
+    "parametrizations",
     "parametrize",
     "path_name",
     "project",
+    "projections",
+    "remove_parametrizations",
     "save",
     "save_checkpoint",
     "save_sharded",
-    "shard",
     "sharding",
-    "shardings",
     "split",
     "state_dict",
     "stats",

@@ -1,64 +1,18 @@
 """Mixed precision: a dtype `Policy`, dynamic loss scaling, float32 master weights and gradients.
 
-The model keeps its parameters in float32 (the *master weights*). Inside the loss, a copy cast
-to the compute dtype (bfloat16 or float16) runs the forward and backward pass; the cast is part
-of the differentiated function, so gradients come back in float32, shaped like the model, ready
-for `jp.Optimizer` or optax::
-
-    model = nn.Linear(4, 2, key=jax.random.key(0))
-    opt = jp.Optimizer(optax.sgd(0.1), model)
-    loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
-    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
-
-    policy = jp.amp.Policy.parse("params=float32,compute=bfloat16,output=float32")
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(model, opt, x, y):
-        loss, grads, _, finite = jp.amp.value_and_grad(loss_fn, policy)(model, x, y)
-        model, opt = jp.amp.update_if_finite(opt, model, grads, finite)
-        return model, opt, loss
-
-    model, opt, loss = train_step(model, opt, x, y)
-    assert model.weight.dtype == jnp.float32      # the master weights stay float32
-
-float16 has a narrow range: gradients below about 6e-8 round to zero. Dynamic loss scaling
-(PyTorch's ``GradScaler``) multiplies the loss by a large factor before the backward pass,
-divides the gradients by it afterwards, and adapts the factor: it shrinks when gradients
-overflow (the step is then skipped) and grows after a run of finite steps::
-
-    model = nn.Linear(4, 2, key=jax.random.key(0))
-    opt = jp.Optimizer(optax.sgd(0.1), model)
-    loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
-    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
-    policy = jp.amp.Policy(compute="float16")
-
-    scaler = jp.amp.DynamicLossScale()           # 2**16, x2 every 2000 finite steps, /2 on Inf
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(model, opt, scaler, x, y):
-        loss, grads, scaler, finite = jp.amp.value_and_grad(loss_fn, policy, scaler)(model, x, y)
-        model, opt = jp.amp.update_if_finite(opt, model, grads, finite)
-        return model, opt, scaler, loss
-
-    model, opt, scaler, loss = train_step(model, opt, scaler, x, y)
-
-Casting rule (`Policy.cast_to_compute` and friends): floating Parameters, trainable and frozen,
-and plain floating arrays (inputs, constants) are cast; Buffers keep their dtype, so
-BatchNorm's running statistics stay float32 and keep accumulating small updates (jparam's norm
-layers compute statistics in float32 and return their input's dtype); integer and bool arrays
-(token ids, step counters) are never cast. A module returned through ``has_aux`` (e.g. by
-`nn.stateful_call`) holds compute-dtype parameters: keep only its buffers with `take_buffers`.
-
-Why not ``jmp``: it installs and runs with this JAX, but it is unmaintained, its
-``DynamicLossScale`` loses a custom ``min_loss_scale`` whenever it crosses ``jax.jit`` (the
-field is not part of its pytree), it has one factor for growth and backoff where PyTorch has
-two, and its casts cannot tell a Parameter from a Buffer. The pieces here are small.
+Training in bfloat16 or float16 halves the memory traffic, but float16 gradients underflow and
+low-precision updates lose bits. This module keeps PyTorch's recipe: float32 master weights, a
+forward and backward pass on a compute-dtype copy (`value_and_grad`), dynamic loss scaling
+(`DynamicLossScale`, PyTorch's ``GradScaler``) and a bitwise skip of a step whose gradients
+overflow (`update_if_finite`). It is built on `jp.astype`, `jp.value_and_grad`,
+`jp.first_nonfinite` and `jp.Module`; the guide is ``docs/guides/mixed-precision.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
@@ -66,16 +20,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import tree_util
 
-from .filters import is_buffer, trainable
-from .parameter import Buffer, _Variable
+from .filters import is_buffer
+from .module import Module, field
+from .monitoring import NonFinite, first_nonfinite
+from .parameter import Buffer
 from .partition import merge, split
-from .paths import is_variable, named_parameters, path_name
-from .training import model_shaped
+from .paths import named_parameters, path_name
+from .precision import astype, floating_dtype, is_floating
+from .training import value_and_grad as _value_and_grad
 
 __all__ = [
     "DynamicLossScale",
     "Policy",
-    "all_finite",
     "select_tree",
     "take_buffers",
     "update_if_finite",
@@ -107,53 +63,19 @@ _FIELD_ALIASES = {
 }
 
 
-def _floating_dtype(value: Any, what: str) -> np.dtype:
+def _policy_dtype(value: Any, what: str) -> np.dtype:
     if isinstance(value, str):
         value = _DTYPE_ALIASES.get(value.strip().lower(), value.strip())
-    try:
-        dt = jnp.dtype(value)
-    except TypeError:
-        raise TypeError(f"{what} must be a floating dtype, got {value!r}") from None
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise TypeError(f"{what} must be a floating dtype, got {dt}")
-    if dt.itemsize == 8 and not jax.config.read("jax_enable_x64"):
-        raise ValueError(
-            f"{what} is {dt}, but 64-bit types are disabled in JAX (the arrays would silently "
-            'be float32); call jax.config.update("jax_enable_x64", True) first'
-        )
-    return dt
+    return floating_dtype(value, what)
 
 
-def _is_floating_array(x: Any) -> bool:
-    return isinstance(x, (jax.Array, np.ndarray, np.generic)) and jnp.issubdtype(
-        x.dtype, jnp.floating
-    )
-
-
-def _cast(tree: T, dtype: np.dtype) -> T:
-    """Casts floating Parameters and plain floating arrays to ``dtype``; Buffers are kept."""
-
-    def visit(x: Any) -> Any:
-        if isinstance(x, Buffer):
-            return x
-        if isinstance(x, _Variable):
-            value = x.value
-            if _is_floating_array(value) and value.dtype != dtype:
-                return x._with_value(jnp.asarray(value).astype(dtype))
-            return x
-        if _is_floating_array(x) and x.dtype != dtype:
-            return jnp.asarray(x).astype(dtype)
-        return x
-
-    return tree_util.tree_map(visit, tree, is_leaf=is_variable)
-
-
+@dataclasses.dataclass(frozen=True, init=False, repr=False)
 class Policy:
     """Which dtype parameters are stored in, computed in, and returned in.
 
     ``Policy(param="float32", compute="bfloat16", output="float32")``; dtypes may be names,
-    short names (``f32``, ``bf16``, ``f16``, ``half``, ``full``) or dtype objects. A policy is
-    immutable and hashable, so it can be a static argument of ``jax.jit``::
+    short names (``f32``, ``bf16``, ``f16``, ``half``, ``full``) or dtype objects. A frozen
+    dataclass, so immutable and hashable: it can be a static argument of ``jax.jit``::
 
         model, x = nn.Linear(4, 2, key=jax.random.key(0)), jnp.ones((8, 4))
 
@@ -162,18 +84,21 @@ class Policy:
         y = policy.cast_to_output(policy.cast_to_compute(model)(policy.cast_to_compute(x)))
         assert y.dtype == jnp.float32
 
-    See the module docstring for what each cast touches (Buffers never change).
+    The casts are ``jp.astype(tree, dtype, include_buffers=False)``, as PyTorch's autocast:
+    floating Parameters and plain floating arrays change dtype; Buffers keep theirs, so
+    BatchNorm's running statistics stay in full precision; integer and bool arrays never change.
     """
 
-    __slots__ = ("compute", "output", "param")
     param: np.dtype
     compute: np.dtype
     output: np.dtype
 
-    def __init__(self, param: Any = "float32", compute: Any = "float32", output: Any = "float32"):
-        object.__setattr__(self, "param", _floating_dtype(param, "Policy param dtype"))
-        object.__setattr__(self, "compute", _floating_dtype(compute, "Policy compute dtype"))
-        object.__setattr__(self, "output", _floating_dtype(output, "Policy output dtype"))
+    def __init__(
+        self, param: Any = "float32", compute: Any = "float32", output: Any = "float32"
+    ) -> None:
+        object.__setattr__(self, "param", _policy_dtype(param, "Policy param dtype"))
+        object.__setattr__(self, "compute", _policy_dtype(compute, "Policy compute dtype"))
+        object.__setattr__(self, "output", _policy_dtype(output, "Policy output dtype"))
 
     @classmethod
     def parse(cls, spec: str) -> Policy:
@@ -187,81 +112,83 @@ class Policy:
         fields: dict[str, str] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
             key, sep, value = part.partition("=")
-            field = _FIELD_ALIASES.get(key.strip().lower())
-            if not sep or field is None:
+            name = _FIELD_ALIASES.get(key.strip().lower())
+            if not sep or name is None:
                 raise ValueError(
                     f"Policy.parse({spec!r}): cannot read {part!r}; expected entries like "
                     "'params=float32', 'compute=bfloat16', 'output=float32'"
                 )
-            if field in fields:
-                raise ValueError(f"Policy.parse({spec!r}): {field} is given twice")
-            fields[field] = value.strip()
+            if name in fields:
+                raise ValueError(f"Policy.parse({spec!r}): {name} is given twice")
+            fields[name] = value.strip()
         return cls(**fields)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("Policy is immutable; build a new one")
 
     def cast_to_param(self, tree: T) -> T:
         """``tree`` with floating Parameters and plain arrays in the param dtype."""
-        return _cast(tree, self.param)
+        return astype(tree, self.param, include_buffers=False)
 
     def cast_to_compute(self, tree: T) -> T:
         """``tree`` with floating Parameters and plain arrays in the compute dtype."""
-        return _cast(tree, self.compute)
+        return astype(tree, self.compute, include_buffers=False)
 
     def cast_to_output(self, tree: T) -> T:
         """``tree`` with floating Parameters and plain arrays in the output dtype."""
-        return _cast(tree, self.output)
-
-    def _key(self) -> tuple:
-        return (self.param, self.compute, self.output)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Policy) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
+        return astype(tree, self.output, include_buffers=False)
 
     def __repr__(self) -> str:
         names = (self.param.name, self.compute.name, self.output.name)
         return "Policy(param={}, compute={}, output={})".format(*names)
 
 
-class DynamicLossScale:
-    """PyTorch ``GradScaler``'s dynamic loss scale, as an immutable pytree.
+def _scalar_bool(pred: Any, what: str, expected: str = "a scalar bool") -> jax.Array:
+    flag = jnp.asarray(pred)
+    if flag.shape != () or flag.dtype != jnp.bool_:
+        raise TypeError(f"{what} expects {expected}, got {flag.dtype}{list(flag.shape)}")
+    return flag
+
+
+def _finite(finite: Any, what: str) -> jax.Array:
+    """``finite`` as a scalar bool array: a bool array, or a `jp.first_nonfinite` report."""
+    if isinstance(finite, NonFinite):
+        return finite.finite
+    return _scalar_bool(finite, what, "a scalar bool array or a jp.first_nonfinite report")
+
+
+class DynamicLossScale(Module):
+    """PyTorch ``GradScaler``'s dynamic loss scale, as an immutable `jp.Module`.
 
     ``DynamicLossScale(init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5,
     growth_interval=2000, min_scale=1.0)`` (PyTorch's defaults). After each step,
     ``adjust(finite)`` returns the next scale: on non-finite gradients it multiplies by
     ``backoff_factor`` (never below ``min_scale``) and restarts the count; after
     ``growth_interval`` finite steps in a row it multiplies by ``growth_factor`` (unless that
-    overflows float32). ``scale`` and ``counter`` are the arrays (float32, int32); the factors
-    are static. PyTorch has no ``min_scale``: a scale that decays towards 0 only hides
+    overflows float32). PyTorch has no ``min_scale``: a scale that decays towards 0 only hides
     gradients that overflow whatever the scale; pass ``min_scale=0.0`` for PyTorch's behaviour.
 
-    Example::
+    The factors are static fields; ``loss_scale`` (float32) and ``counter`` (int32) are Buffers:
+    a new scale crosses ``jax.jit`` without retracing, `jp.grad` never trains it, and
+    ``state_dict()``/``load_state_dict`` save and restore it, as ``GradScaler.state_dict()``
+    does. Example::
 
         model = nn.Linear(4, 2, key=jax.random.key(0))
         loss_fn = lambda m: jnp.mean(m(jnp.ones((8, 4))) ** 2)
 
         @jax.jit
         def grads_and_scale(model, scaler):
-            grads = scaler.unscale(jax.grad(lambda m: scaler.scale(loss_fn(m)))(model))
-            scaler = scaler.adjust(jp.amp.all_finite(grads))
-            return grads, scaler
+            grads = scaler.unscale(jp.grad(lambda m: scaler.scale(loss_fn(m)))(model))
+            return grads, scaler.adjust(jp.first_nonfinite(grads))
 
         scaler = jp.amp.DynamicLossScale()
         grads, scaler = grads_and_scale(model, scaler)
+        assert list(scaler.state_dict()) == ["loss_scale", "counter"]
     """
 
-    __slots__ = (
-        "backoff_factor",
-        "counter",
-        "growth_factor",
-        "growth_interval",
-        "loss_scale",
-        "min_scale",
-    )
+    loss_scale: Buffer
+    counter: Buffer
+    growth_factor: float = field(static=True)
+    backoff_factor: float = field(static=True)
+    growth_interval: int = field(static=True)
+    min_scale: float = field(static=True)
 
     def __init__(
         self,
@@ -283,26 +210,23 @@ class DynamicLossScale:
         if not min_scale >= 0.0:
             raise ValueError(f"min_scale must be >= 0, got {min_scale!r}")
         scale = jnp.asarray(init_scale)
-        if scale.shape != () or not jnp.issubdtype(scale.dtype, jnp.floating):
+        if scale.shape != () or not is_floating(scale):
             raise TypeError(f"init_scale must be a floating scalar, got {init_scale!r}")
-        self.loss_scale = scale.astype(jnp.float32)
-        self.counter = jnp.zeros((), jnp.int32)
+        self.loss_scale = Buffer(scale.astype(jnp.float32))
+        self.counter = Buffer(jnp.zeros((), jnp.int32))
         self.growth_factor = float(growth_factor)
         self.backoff_factor = float(backoff_factor)
         self.growth_interval = growth_interval
         self.min_scale = float(min_scale)
-
-    def _aux(self) -> tuple:
-        return (self.growth_factor, self.backoff_factor, self.growth_interval, self.min_scale)
 
     def scale(self, tree: T) -> T:
         """Multiplies the floating arrays in ``tree`` (the loss) by the scale (float32 or wider)."""
 
         def mul(x: Any) -> Any:
             x = jnp.asarray(x)
-            if not jnp.issubdtype(x.dtype, jnp.floating):
+            if not is_floating(x):
                 raise TypeError(f"DynamicLossScale.scale: expected a floating loss, got {x.dtype}")
-            return x.astype(jnp.promote_types(x.dtype, jnp.float32)) * self.loss_scale
+            return x.astype(jnp.promote_types(x.dtype, jnp.float32)) * self.loss_scale.value
 
         return tree_util.tree_map(mul, tree)
 
@@ -311,10 +235,10 @@ class DynamicLossScale:
 
         Like PyTorch, by the float32 reciprocal; a power-of-two scale makes this exact.
         """
-        inv = 1.0 / self.loss_scale
+        inv = 1.0 / self.loss_scale.value
 
         def mul(x: Any) -> Any:
-            if not _is_floating_array(x):
+            if not is_floating(x):
                 return x
             wide = jnp.promote_types(x.dtype, jnp.float32)
             return (x.astype(wide) * inv.astype(wide)).astype(x.dtype)
@@ -322,61 +246,23 @@ class DynamicLossScale:
         return tree_util.tree_map(mul, tree)
 
     def adjust(self, grads_finite: Any) -> DynamicLossScale:
-        """The scale for the next step, given whether this step's gradients were all finite."""
-        finite = jnp.asarray(grads_finite)
-        if finite.shape != () or finite.dtype != jnp.bool_:
-            raise TypeError(
-                "DynamicLossScale.adjust expects a scalar bool (jp.amp.all_finite(grads)), got "
-                f"{finite.dtype}{list(finite.shape)}"
-            )
-        grown = self.loss_scale * jnp.float32(self.growth_factor)
-        grown = jnp.where(jnp.isfinite(grown), grown, self.loss_scale)
-        streak = self.counter + 1
+        """The scale for the next step, given whether this step's gradients were all finite.
+
+        ``grads_finite`` is a scalar bool array or the gradients' `jp.first_nonfinite` report.
+        """
+        ok = _finite(grads_finite, "DynamicLossScale.adjust")
+        scale, count = self.loss_scale.value, self.counter.value
+        grown = scale * jnp.float32(self.growth_factor)
+        grown = jnp.where(jnp.isfinite(grown), grown, scale)
+        streak = count + 1
         at_interval = streak >= self.growth_interval
-        backed_off = jnp.maximum(self.loss_scale * jnp.float32(self.backoff_factor), self.min_scale)
-        scale = jnp.where(finite, jnp.where(at_interval, grown, self.loss_scale), backed_off)
-        counter = jnp.where(finite & ~at_interval, streak, 0).astype(jnp.int32)
-        return _unflatten_scale(self._aux(), (scale.astype(jnp.float32), counter))
-
-    def __repr__(self) -> str:
-        return (
-            f"DynamicLossScale(loss_scale={self.loss_scale!r}, counter={self.counter!r}, "
-            f"growth_factor={self.growth_factor}, backoff_factor={self.backoff_factor}, "
-            f"growth_interval={self.growth_interval}, min_scale={self.min_scale})"
+        backed_off = jnp.maximum(scale * jnp.float32(self.backoff_factor), self.min_scale)
+        new_scale = jnp.where(ok, jnp.where(at_interval, grown, scale), backed_off)
+        new_count = jnp.where(ok & ~at_interval, streak, 0)
+        return self.replace(
+            loss_scale=self.loss_scale.replace(new_scale.astype(jnp.float32)),
+            counter=self.counter.replace(new_count.astype(jnp.int32)),
         )
-
-
-def _unflatten_scale(aux: tuple, children: Iterable[Any]) -> DynamicLossScale:
-    out = object.__new__(DynamicLossScale)
-    out.growth_factor, out.backoff_factor, out.growth_interval, out.min_scale = aux
-    out.loss_scale, out.counter = children
-    return out
-
-
-tree_util.register_pytree_with_keys(
-    DynamicLossScale,
-    lambda s: (
-        (
-            (tree_util.GetAttrKey("loss_scale"), s.loss_scale),
-            (tree_util.GetAttrKey("counter"), s.counter),
-        ),
-        s._aux(),
-    ),
-    _unflatten_scale,
-    flatten_func=lambda s: ((s.loss_scale, s.counter), s._aux()),
-)
-
-
-def all_finite(tree: Any) -> jax.Array:
-    """A scalar bool array: whether every floating array in ``tree`` is free of NaN and Inf.
-
-    Integer and bool arrays are skipped; ``True`` for a tree without floating arrays. No host
-    sync: use it inside the jitted step (`jp.check_finite` names the offending path instead).
-    """
-    leaves = [x for x in tree_util.tree_leaves(tree) if _is_floating_array(x)]
-    if not leaves:
-        return jnp.array(True)
-    return jnp.stack([jnp.isfinite(x).all() for x in leaves]).all()
 
 
 def select_tree(pred: Any, on_true: T, on_false: T) -> T:
@@ -385,9 +271,7 @@ def select_tree(pred: Any, on_true: T, on_false: T) -> T:
     Both trees must have the same structure, shapes and dtypes (nothing is promoted); with a
     false ``pred`` the result is bitwise ``on_false``. Runs inside ``jax.jit`` without a branch.
     """
-    pred = jnp.asarray(pred)
-    if pred.shape != () or pred.dtype != jnp.bool_:
-        raise TypeError(f"select_tree expects a scalar bool, got {pred.dtype}{list(pred.shape)}")
+    pred = _scalar_bool(pred, "select_tree")
     new, new_def = tree_util.tree_flatten_with_path(on_true)
     old, old_def = tree_util.tree_flatten_with_path(on_false)
     if new_def != old_def:  # type: ignore[operator]  # jaxlib has no stubs for PyTreeDef
@@ -410,11 +294,14 @@ def update_if_finite(opt: Any, model: M, grads: Any, finite: Any) -> tuple[M, An
     """``opt.update(model, grads)`` when ``finite``, else ``(model, opt)`` unchanged, bitwise.
 
     The skipped step of PyTorch's ``GradScaler.step``, inside ``jax.jit``: both outcomes are
-    computed and one is selected, so there is no host sync and no branch. Works with
-    `jp.Optimizer` and anything with the same ``update(model, grads) -> (model, opt)`` method.
+    computed and one is selected, so there is no host sync and no branch. ``finite`` is a
+    scalar bool array (from `value_and_grad`) or a `jp.first_nonfinite` report of ``grads``.
+    Works with `jp.Optimizer` and anything with the same ``update(model, grads) -> (model, opt)``
+    method.
     """
+    ok = _finite(finite, "update_if_finite")
     new_model, new_opt = opt.update(model, grads)
-    return select_tree(finite, (new_model, new_opt), (model, opt))
+    return select_tree(ok, (new_model, new_opt), (model, opt))
 
 
 def take_buffers(model: M, updated: Any) -> M:
@@ -465,7 +352,7 @@ def _check_master_weights(model: Any, policy: Policy) -> None:
     wrong = [
         f"{name!r} is {p.dtype}"
         for name, p in named_parameters(model)
-        if p.trainable and jnp.issubdtype(p.dtype, jnp.floating) and p.dtype != policy.param
+        if p.trainable and is_floating(p) and p.dtype != policy.param
     ]
     if wrong:
         raise TypeError(
@@ -491,9 +378,9 @@ def value_and_grad(
     regression targets); ``value`` is the loss in the output dtype, unscaled (``(loss, aux)``
     with ``has_aux=True``); ``grads`` has the model's structure, in the param dtype (float32
     master weights give float32 gradients), unscaled; ``new_loss_scale`` is
-    ``loss_scale.adjust(finite)`` (``None`` without a loss scale); ``finite`` is a scalar bool,
-    whether every gradient is finite. Trainable floating parameters must already be in the param
-    dtype (a `TypeError` names those that are not).
+    ``loss_scale.adjust(finite)`` (``None`` without a loss scale); ``finite`` is a scalar bool
+    array, ``jp.first_nonfinite(grads).finite``. Trainable floating parameters must already be
+    in the param dtype (a `TypeError` names those that are not).
 
     Build it inside the jitted step, as ``jax.value_and_grad`` usually is, so the current loss
     scale is traced rather than baked in as a constant.
@@ -505,26 +392,25 @@ def value_and_grad(
             f"loss_scale must be a jp.amp.DynamicLossScale or None, got {type(loss_scale).__name__}"
         )
 
+    def scaled_loss(model: Any, /, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        out = fn(policy.cast_to_compute(model), *args, **kwargs)
+        loss, aux = out if has_aux else (out, None)
+        loss = policy.cast_to_output(jnp.asarray(loss))
+        scaled = loss if loss_scale is None else loss_scale.scale(loss)
+        return scaled, (loss, aux)
+
+    grad_fn = _value_and_grad(scaled_loss, has_aux=True)
+
     @functools.wraps(fn)
     def wrapped(model: Any, /, *args: Any, **kwargs: Any) -> Any:
         _check_master_weights(model, policy)
-        params, rest = split(model, trainable)
         if cast_inputs:
             args, kwargs = policy.cast_to_compute((args, kwargs))
-
-        def on_params(params: dict[str, Any]) -> tuple[Any, Any]:
-            out = fn(policy.cast_to_compute(merge(params, rest)), *args, **kwargs)
-            loss, aux = out if has_aux else (out, None)
-            loss = policy.cast_to_output(jnp.asarray(loss))
-            scaled = loss if loss_scale is None else loss_scale.scale(loss)
-            return scaled, (loss, aux)
-
-        (_, (loss, aux)), grads = jax.value_and_grad(on_params, has_aux=True)(params)
+        (_, (loss, aux)), grads = grad_fn(model, *args, **kwargs)
         if loss_scale is not None:
             grads = loss_scale.unscale(grads)
-        finite = all_finite(grads)
+        finite = first_nonfinite(grads).finite
         new_scale = None if loss_scale is None else loss_scale.adjust(finite)
-        value = (loss, aux) if has_aux else loss
-        return value, model_shaped(grads, rest), new_scale, finite
+        return ((loss, aux) if has_aux else loss), grads, new_scale, finite
 
     return wrapped

@@ -1,41 +1,13 @@
 """Training checkpoints: model, optimizer state, step, PRNG keys and anything else, in one call.
 
-::
-
-    import tempfile
-
-    model = nn.Linear(4, 2, key=jax.random.key(0))
-    opt, key, step = jp.Optimizer(optax.adam(1e-3), model), jax.random.key(1), 1000
-    runs = tempfile.mkdtemp()
-
-    jp.save_checkpoint(runs, step, model=model, opt=opt, key=key, epoch=3, keep=3)
-    ...
-    ckpt = jp.load_checkpoint(runs, model=model, opt=opt)   # the latest step
-    model, opt, key, step = ckpt["model"], ckpt["opt"], ckpt["key"], ckpt["step"]
-    assert step == 1000 and ckpt["epoch"] == 3
-
-Each step is a directory ``step_000001000/`` holding ``model.safetensors`` (readable by PyTorch),
-``optimizer.safetensors`` (optax state by parameter name), ``extra.safetensors`` for array
-extras (typed PRNG keys included) and ``extra.json``: the plain extras, the step and the size of
-every file, under a checksum. ``extra.json`` is written last and marks the step complete.
-
-A crash at any point of a save leaves every earlier step loadable and `latest_step` naming a
-complete step:
-
-- a step is written under a temporary name and renamed into place when complete;
-- replacing an existing step moves the old one aside (``.step_000000042.jp-<host>-<pid>-<random>
-  .old``) just before the new one is renamed in; if a crash falls between the two renames, the
-  aside copy *is* that step for `latest_step` and `load_checkpoint`, and the next save puts it
-  back;
-- a step is deleted (``keep=``) by renaming it to a trash name first, so it stops being a step
-  at once and is never seen half deleted;
-- the next save removes what killed saves left, by the rule of `jparam.tempfiles`: never the
-  files of a save still running in another process.
-
-Two processes may save the same step at once: both return normally and the last one to finish
-wins. In a multi-host job, one process saves (``if jax.process_index() == 0:``) arrays that it
-can read whole (replicated, or on its own devices); a model sharded across hosts is saved with
-`jp.save_sharded`, which every process calls.
+`save_checkpoint` writes a step as a directory (``step_000001000/``) of safetensors files (the
+model, readable by PyTorch; the optimizer state by parameter name; array extras and typed PRNG
+keys) and ``extra.json`` (the plain extras, the step and every file's size, under a checksum),
+written last to mark the step complete. Steps are written under a temporary name and renamed
+into place, replaced and deleted by renames too, so a crash at any point leaves every earlier
+step loadable and `latest_step` naming a complete one; `load_checkpoint` reads the latest step
+(or a given one) back into copies of the model and optimizer. A model sharded across hosts goes
+through `jp.save_sharded` instead. The guide is ``docs/howto/checkpoint-and-resume.md``.
 """
 
 from __future__ import annotations
@@ -369,10 +341,11 @@ def save_checkpoint(
 
     Keeps the step just saved and the newest ``keep - 1`` others (``None`` keeps all). Saving a
     step that exists replaces it. A crash at any point leaves the earlier steps loadable and
-    `latest_step` naming a complete one; the next save removes what the crash left (see the
-    module docstring). Two processes saving the same step both succeed and the last one to
-    finish wins, but in a multi-host job only one process should save (process 0, with arrays
-    it can read whole); a model sharded across hosts goes through `jp.save_sharded`.
+    `latest_step` naming a complete one; the next save removes what the crash left (see
+    ``docs/howto/checkpoint-and-resume.md``). Two processes saving the same step both succeed
+    and the last one to finish wins, but in a multi-host job only one process should save
+    (process 0, with arrays it can read whole); a model sharded across hosts goes through
+    `jp.save_sharded`.
     """
     if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")

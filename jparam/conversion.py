@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .parameter import _Variable, dtype_shape, to_array
+from .parameter import Variable, dtype_shape, to_array
 
 __all__ = ["abstract_errors", "convert_or_report", "convert_value", "dtype_kind"]
 
@@ -81,7 +81,7 @@ def _transpose_hint(name: str, want: tuple[int, ...], got: tuple[int, ...]) -> s
 
 
 def _abstract_problem(name: str, target: Any, value: Any) -> str | None:
-    held = target.value if isinstance(target, _Variable) else target
+    held = target.value if isinstance(target, Variable) else target
     if isinstance(value, jax.ShapeDtypeStruct) and not isinstance(held, jax.ShapeDtypeStruct):
         return (
             f"{name}: got an abstract value ({dtype_shape(value)}, a jax.ShapeDtypeStruct that "

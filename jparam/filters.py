@@ -3,8 +3,9 @@
 A filter is any of:
 
 - a `Filter` such as `jp.trainable`, `jp.frozen`, `jp.is_parameter`, `jp.is_buffer`;
-- a string: a glob over names (``"encoder.*"``, ``"*.bias"``); a glob also matches everything
-  below a matching name, so ``"encoder"`` selects the whole encoder;
+- a string: a glob over names (``"encoder.*"``, ``"*.bias"``: ``*`` matches dots too, as in
+  `jp.Mapping`); a glob also matches everything below a matching name, so ``"encoder"``
+  selects the whole encoder;
 - a type (``jp.Buffer``) or a one-argument callable (``lambda p: p.ndim == 2``);
 - a list or tuple of filters (any of them).
 
@@ -17,14 +18,14 @@ Filters combine with ``&``, ``|`` and ``~``::
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
-from .parameter import Buffer, Parameter, _intern_meta, _Variable, rebuild_variable
+from . import globs
+from .parameter import Buffer, Parameter, Variable, intern_aux, rebuild_variable
 
 __all__ = [
     "Filter",
@@ -81,14 +82,9 @@ class Filter:
 FilterLike = Filter | str | type | Callable[[Any], bool] | list | tuple
 
 
-def glob_matches(pattern: str, name: str) -> bool:
-    """``fnmatch`` on a dotted name; a pattern also matches every name below a match."""
-    return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name, pattern + ".*")
-
-
 def require_match(pattern: str, names: list[str], what: str) -> None:
     """A glob that selects none of ``names`` is almost always a typo: raise, listing some."""
-    if not any(glob_matches(pattern, n) for n in names):
+    if not any(globs.matches(pattern, n) for n in names):
         sample = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise ValueError(f"pattern {pattern!r} matches no {what}; {what}s are: {sample}")
 
@@ -99,7 +95,7 @@ def name(*patterns: str) -> Filter:
         if not isinstance(p, str):
             raise TypeError(f"name patterns must be strings, got {p!r}")
     return Filter(
-        lambda n, x: any(glob_matches(p, n) for p in patterns),
+        lambda n, x: any(globs.matches(p, n) for p in patterns),
         f"name({', '.join(map(repr, patterns))})",
     )
 
@@ -164,7 +160,7 @@ def _stacks_of(walked: Iterable[tuple[str, Any]]) -> tuple[list[tuple[str, Any]]
     stacks = {}
     for pos, (name, node) in enumerate(walked):
         hook = getattr(type(node), "_jp_stacked_layers", None)
-        if hook is not None and not isinstance(node, _Variable):
+        if hook is not None and not isinstance(node, Variable):
             field, n = hook(node)
             stacks[f"{name}.{field}" if name else field] = (field, int(n), pos)
     return walked, stacks
@@ -198,7 +194,7 @@ def stacked_layers(walked: Iterable[tuple[str, Any]]) -> dict[str, Layers]:
         return {}
     out = {}
     for pos, (name, node) in enumerate(walked):
-        if isinstance(node, _Variable):
+        if isinstance(node, Variable):
             layers = _per_layer(name, pos, stacks)
             if layers is not None:
                 out[name] = layers
@@ -207,7 +203,7 @@ def stacked_layers(walked: Iterable[tuple[str, Any]]) -> dict[str, Layers]:
 
 def layer_flags(p: Parameter, shape: tuple[int, ...]) -> np.ndarray:
     """``p``'s per-layer trainable flags, a bool array of the stack's ``shape``."""
-    mask = dict(p._meta[1]).get(LAYER_TRAINABLE)
+    mask = p.metadata.get(LAYER_TRAINABLE)
     if mask is None:
         return np.full(shape, bool(p.trainable))
     mask = np.asarray(mask, dtype=bool)
@@ -221,9 +217,9 @@ def layer_flags(p: Parameter, shape: tuple[int, ...]) -> np.ndarray:
 def row_mask(p: Any) -> np.ndarray | None:
     """The per-layer trainable flags of a partly frozen stacked Parameter, else ``None``.
 
-    ``p`` is a Parameter or its static metadata (``p._meta``).
+    ``p`` is a Parameter or its static metadata (``p.aux``).
     """
-    meta = p._meta if isinstance(p, _Variable) else p
+    meta = p.aux if isinstance(p, Variable) else p
     if meta is None or meta[0] is None:
         return None
     mask = dict(meta[1]).get(LAYER_TRAINABLE)
@@ -241,14 +237,14 @@ def layer_meta(meta: tuple, mask: np.ndarray) -> tuple:
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim and not mask.all() and mask.any():
         rest[LAYER_TRAINABLE] = _nested(mask)
-        return _intern_meta(True, rest)
-    return _intern_meta(bool(mask.all()), rest)
+        return intern_aux(True, rest)
+    return intern_aux(bool(mask.all()), rest)
 
 
 def with_layer_flags(p: Parameter, mask: np.ndarray) -> Parameter:
     """``p`` with per-layer trainable flags ``mask`` (uniform flags become the plain flag)."""
-    meta = layer_meta(p._meta, mask)
-    if meta is p._meta:
+    meta = layer_meta(p.aux, mask)
+    if meta is p.aux:
         return p
     if meta[0] and not p.trainable:
         p.replace(trainable=True)  # raises, naming the dtype, if p cannot be trainable
@@ -263,7 +259,7 @@ def set_layer_flags(
     A glob on the stacked name itself (``h.layers.attn``) or matching every layer sets all
     of them; ``p`` is returned as it is when no layer matches.
     """
-    hit = [any(glob_matches(pat, n) for pat in patterns) for n in layers.names]
+    hit = [any(globs.matches(pat, n) for pat in patterns) for n in layers.names]
     if not any(hit):
         return p
     mask = layer_flags(p, layers.shape).copy()
@@ -276,9 +272,9 @@ def layer_view(p: Any, layers: Layers, flat_index: int) -> Any:
     shape = tuple(p.shape)[len(layers.shape) :]
     value = jax.ShapeDtypeStruct(shape, p.dtype)
     if not isinstance(p, Parameter):
-        return rebuild_variable(type(p), p._meta, value)
+        return rebuild_variable(type(p), p.aux, value)
     flag = layer_flags(p, layers.shape).reshape(-1)[flat_index]
-    return rebuild_variable(type(p), layer_meta(p._meta, np.asarray(flag)), value)
+    return rebuild_variable(type(p), layer_meta(p.aux, np.asarray(flag)), value)
 
 
 def trainable_size(p: Parameter) -> int:

@@ -1,37 +1,11 @@
 """`TensorBoardLogger`: parameter and gradient statistics, histograms and scalars for TensorBoard.
 
-Every ``every`` steps it writes, per parameter name, the `jp.stats` scalars
-(``params/blocks.0.attn.in_proj_weight/norm``, ``grads/head.bias/std``, ...), the global norms
-(``global_norm/params``, ``global_norm/grads``), a histogram of each parameter and gradient
-(``params/head.weight`` in TensorBoard's histogram tab) and any scalars you pass (``loss``). On
-other steps `log` returns at once without touching its arguments, so the training loop never
-waits for the device. On a logging step statistics and histogram buckets are computed on the
-device in one jitted computation, and only those few small arrays are fetched (never the
-parameters themselves), then written as one event. Files are written by ``tensorboardX``'s
-``FileWriter`` (``pip install 'jparam[monitoring]'``) in TensorBoard's event format::
-
-    import tempfile
-
-    model = nn.Linear(4, 2, key=jax.random.key(0))
-    opt = jp.Optimizer(optax.sgd(0.1), model)
-    x, y, steps, runs = jnp.ones((8, 4)), jnp.zeros((8, 2)), 3, tempfile.mkdtemp()
-
-    @jax.jit
-    def train_step(model, opt, x, y):
-        loss, grads = jp.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
-        model, opt = opt.update(model, grads)
-        return model, opt, loss, grads
-
-    with jp.TensorBoardLogger(f"{runs}/vit", every=100) as logger:
-        for step in range(steps):
-            model, opt, loss, grads = train_step(model, opt, x, y)
-            logger.log(step, params=model, grads=grads, scalars={"train/loss": loss})
-
-    # tensorboard --logdir runs
-
-Returning gradients from the step costs their memory on every step; to keep it to logging
-steps, compile a second variant of the step that returns them and call it only when
-``logger.should_log(step)`` (``examples/vit_digits.py --tensorboard DIR`` does this).
+Every ``every`` steps it writes the `jp.stats` scalars of each parameter and gradient by name,
+the global norms, a histogram of each, and the scalars passed; on other steps `log` returns at
+once, so the loop never waits for the device. A logging step computes everything on the device
+in one jitted computation and fetches only those few small arrays, never the parameters. Files
+are TensorBoard event files written by ``tensorboardX`` (``pip install 'jparam[monitoring]'``).
+The guide is the TensorBoard section of ``docs/guides/monitoring.md``.
 """
 
 from __future__ import annotations
@@ -45,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .monitoring import STATS, _named_arrays, global_norm, stats
+from .monitoring import STATS, global_norm, named_arrays, stats
 
 __all__ = ["TensorBoardLogger"]
 
@@ -130,7 +104,7 @@ class TensorBoardLogger:
         step = int(step)
         trees = {k: t for k, t in (("params", params), ("grads", grads)) if t is not None}
         include = {k: self.include_buffers and k == "params" for k in trees}
-        names = {k: [n for n, _ in _named_arrays(t, include[k])] for k, t in trees.items()}
+        names = {k: [n for n, _ in named_arrays(t, include[k])] for k, t in trees.items()}
         device = _summarize(trees, tuple(include.items()), self.bins if self.histograms else 0)
         # the one wait for the device, on logging steps only: a few small arrays
         host, user = jax.device_get((device, dict(scalars or {})))
@@ -214,7 +188,7 @@ def _summarize(trees: dict[str, Any], include: tuple, bins: int) -> dict[str, tu
     for prefix, inc in include:
         tree = trees[prefix]
         table = stats(tree, include_buffers=inc)
-        arrays = [x for _, x in _named_arrays(tree, inc)]
+        arrays = [x for _, x in named_arrays(tree, inc)]
         rows = [jnp.stack([v[k].astype(jnp.float32) for k in STATS]) for v in table.values()]
         hists = [_histogram(x, bins) for x in arrays] if bins else []
         n = len(arrays)

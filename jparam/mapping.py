@@ -1,42 +1,23 @@
 """Mappings between a checkpoint's names and layouts and a model's, applied at load and save.
 
 A `Mapping` is a list of rules run in order over a ``{name: array}`` state: renames by glob or
-regex, and value transforms (transpose, split a fused tensor, concatenate, reshape, cast).
+regex (`rename`) and value transforms (`transpose`, `split_into`, `concat`, `reshape`, `cast`).
 ``load_state_dict``, ``jp.load`` and ``jp.load_state_dict`` apply it to the checkpoint before
 matching names; ``jp.save(..., mapping=m)`` applies its inverse (rules reversed, each inverted)
-to write the checkpoint's original names and layouts back::
+to write the checkpoint's original names and layouts back, so keep every rule one-to-one on the
+names it sees.
 
-    import tempfile
-
-    # blocks.N.q/k/v, where GPT-2 has one fused h.N.attn.c_attn
-    qkv = {name: nn.Linear(4, 4, key=jax.random.key(i)) for i, name in enumerate("qkv")}
-    model = nn.ModuleDict({"blocks": nn.ModuleList([nn.ModuleDict(qkv)])})
-    hf_state = {"h.0.attn.c_attn.weight": np.ones((4, 12), np.float32),
-                "h.0.attn.c_attn.bias": np.zeros(12, np.float32)}
-
-    m = jp.Mapping([
-        jp.mapping.transpose("h.*.attn.c_attn.weight"),                  # Conv1D is (in, out)
-        jp.mapping.split_into("h.*.attn.c_attn.*", ["h.*.q.*", "h.*.k.*", "h.*.v.*"]),
-        jp.mapping.rename(r"h\\.(\\d+)\\.(.*)", r"blocks.\\1.\\2", regex=True),
-    ])
-    model = model.load_state_dict(hf_state, mapping=m)
-    path = f"{tempfile.mkdtemp()}/gpt2.safetensors"
-    jp.save(path, model, mapping=m)                                   # HF's names again
-    assert set(jp.load_file(path)[0]) == set(hf_state)
-
-Saving inverts each rule, so keep every rule one-to-one on the names it sees: a rename's target
-pattern should match only the names that rename makes (rename ``h.N.attn.c_proj`` to
-``h.N.attn.proj`` before renaming ``h.**`` to ``blocks.**``, not after).
-
-Patterns: a glob's ``*`` matches one name segment (no dot), ``**`` any run of segments; each
-star is a capture that the target's stars receive in order. A regex (``regex=True``) must match
-the whole name; its groups go to ``\\1``/``\\g<1>`` in the target. Every pattern of a rule must
-match at least one name, or loading fails naming the rule (a typo never passes silently).
-
-The square-matrix trap: a weight stored transposed is found by its shape only when it is not
-square (the shape error then says "the transpose of the expected shape"). A square weight
-stored transposed loads without complaint and gives wrong outputs: a mapping must name every
-transposed weight explicitly (for GPT-2's Conv1D: ``c_attn``, ``c_proj`` and ``c_fc``).
+Patterns: a glob is the one `freeze`, `jp.name` and `jp.sharding.annotate` take (``fnmatch`` on
+dotted names): ``*`` matches any run of characters, dots included, ``?`` one character and
+``[...]`` one character of a set; a run of stars (``**`` too) is one wildcard. A rule's glob
+matches whole names only (a filter's also selects the names below a match). Each star is a
+capture, as short as the literal text after it allows, and the target's stars receive the
+captures in order: ``rename("h.*.attn.*", "blocks.*.attn.*")`` captures ``0`` and
+``c_attn.weight`` from ``h.0.attn.c_attn.weight``. A target holds literal text and stars only.
+A regex (``regex=True``) must match the whole name; its groups go to ``\\1``/``\\g<1>`` in the
+target. Every pattern of a rule must match at least one name, or loading fails naming the rule.
+The guide (a GPT-2 example, and why square transposed weights must be named) is
+``docs/howto/load-pytorch-checkpoint.md``.
 """
 
 from __future__ import annotations
@@ -45,11 +26,12 @@ import re
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from collections.abc import Mapping as AbcMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jax.numpy as jnp
 
+from . import globs
 from .parameter import to_array
 
 __all__ = [
@@ -71,23 +53,24 @@ class MappingError(ValueError):
 
 
 # -- patterns -------------------------------------------------------------------------------------
-# A pattern is a template: literal text and numbered groups, each group with its own regex. It
-# matches names (``match``) and builds them from captures (``fill``); the inverse of a rename is
-# the target template matched with the source's group regexes.
+# A pattern is a template: literal text and numbered captures. It matches names (``match``) and
+# builds them from captures (``fill``). A glob is matched by its `globs.to_regex`; a regex's
+# template keeps each group's regex, and the inverse of a rename is the target template matched
+# with the source's group regexes.
 
 
 @dataclass(frozen=True)
 class _Template:
     text: str  # as the user wrote it, for messages
-    parts: tuple[str | int, ...] | None  # literals and group numbers; None: not fillable
-    groups: dict[int, str]  # group number -> its regex
-    raw: str | None = None  # a regex used as it is (when parts is None)
+    parts: tuple[str | int, ...] | None  # literals and capture numbers; None: makes no name
+    groups: dict[int, str]  # capture number -> its regex, to match ``parts`` (regex=True)
+    compiled: re.Pattern[str] | None = None  # matches names, captures in order; None: ``parts``
 
     def regex(self) -> re.Pattern[str]:
-        if self.parts is None:
-            return re.compile(self.raw or "")
+        if self.compiled is not None:
+            return self.compiled
         out, seen = [], set()
-        for p in self.parts:
+        for p in self.parts or ():  # a template without ``compiled`` has parts
             if isinstance(p, str):
                 out.append(re.escape(p))
             elif p in seen:
@@ -101,13 +84,16 @@ class _Template:
         m = self.regex().fullmatch(name)
         if m is None:
             return None
-        if self.parts is None:
+        if self.compiled is not None:
             return {i + 1: g or "" for i, g in enumerate(m.groups())}
         return {int(k[1:]): v for k, v in m.groupdict().items()}
 
     def fill(self, caps: AbcMapping[int, str]) -> str:
         if self.parts is None:
-            raise MappingError(f"pattern {self.text!r} cannot be used as a target")
+            raise MappingError(
+                f"pattern {self.text!r} cannot be used as a target: a name is built from literal "
+                "text and captures only (no glob ?/[...], no regex beyond text and (groups))"
+            )
         try:
             return "".join(p if isinstance(p, str) else caps[p] for p in self.parts)
         except KeyError as e:
@@ -116,21 +102,22 @@ class _Template:
             ) from None
 
     def numbers(self) -> set[int]:
-        return {p for p in self.parts or () if isinstance(p, int)}
+        if self.parts is None:
+            return set(range(1, self.regex().groups + 1))
+        return {p for p in self.parts if isinstance(p, int)}
 
 
 def _glob(text: str) -> _Template:
+    """A glob's template: its pieces and star runs (capture 1, 2, ...), matched by `globs`."""
+    pieces = globs.pieces(text)
     parts: list[str | int] = []
-    groups: dict[int, str] = {}
-    for i, piece in enumerate(re.split(r"(\*\*|\*)", text)):
-        if i % 2 == 0:
-            if piece:
-                parts.append(piece)
-        else:
-            n = len(groups) + 1
-            groups[n] = ".+?" if piece == "**" else "[^.]+"
+    for n, piece in enumerate(pieces):
+        if n:
             parts.append(n)
-    return _Template(text, tuple(parts), groups)
+        if piece:
+            parts.append(piece)
+    literal = not any(globs.has_wildcards(p) for p in pieces)
+    return _Template(text, tuple(parts) if literal else None, {}, globs.to_regex(text))
 
 
 _META = set(".^$*+?{}[]|")
@@ -147,14 +134,14 @@ def _regex(text: str) -> _Template:
         c = body[i]
         if c == "\\" and i + 1 < len(body):
             if body[i + 1].isalnum():  # \d, \w, \1 ...: not a literal
-                return _Template(text, None, {}, text)
+                return _Template(text, None, {}, re.compile(text))
             lit.append(body[i + 1])
             i += 2
         elif c == "(":
             end = _group_end(body, i)
             inner = body[i + 1 : end]
             if end < 0 or inner.startswith("?") or re.compile(inner).groups:
-                return _Template(text, None, {}, text)
+                return _Template(text, None, {}, re.compile(text))
             if lit:
                 parts.append("".join(lit))
                 lit = []
@@ -163,7 +150,7 @@ def _regex(text: str) -> _Template:
             parts.append(n)
             i = end + 1
         elif c in _META:
-            return _Template(text, None, {}, text)
+            return _Template(text, None, {}, re.compile(text))
         else:
             lit.append(c)
             i += 1
@@ -187,25 +174,24 @@ def _group_end(s: str, start: int) -> int:
 
 def _target(text: str, source: _Template, regex: bool) -> _Template:
     """The template of a target name: ``\\1`` (regex) or ``*`` in order (glob) take captures."""
-    parts: list[str | int] = []
     if regex:
+        parts: list[str | int] = []
         pieces = re.split(r"\\(\d+)|\\g<(\d+)>", text)
         for i in range(0, len(pieces), 3):
             if pieces[i]:
                 parts.append(pieces[i])
             if i + 1 < len(pieces):
                 parts.append(int(pieces[i + 1] or pieces[i + 2]))
+        groups = {p: source.groups.get(p, ".+?") for p in parts if isinstance(p, int)}
+        target = _Template(text, tuple(parts), groups)
     else:
-        n = 0
-        for i, piece in enumerate(re.split(r"\*\*|\*", text)):
-            if i:
-                n += 1
-                parts.append(n)
-            if piece:
-                parts.append(piece)
-    groups = {p: source.groups.get(p, ".+?") for p in parts if isinstance(p, int)}
-    target = _Template(text, tuple(parts), groups)
-    if source.parts is not None and not target.numbers() <= source.numbers():
+        target = _glob(text)
+        if target.parts is None:
+            raise MappingError(
+                f"target {text!r} has a glob ?/[...], which matches names but cannot make one: "
+                "write the target with literal text and * (each * takes a capture in order)"
+            )
+    if not target.numbers() <= source.numbers():
         raise MappingError(
             f"target {text!r} uses captures that pattern {source.text!r} does not have"
         )
@@ -276,13 +262,12 @@ class _Rename(Rule):
     def inverse(self) -> Rule:
         if self.src.parts is None:
             raise MappingError(
-                f"{self!r} cannot be inverted: its pattern is not literal text and (groups); "
-                "write the inverse rule yourself"
+                f"{self!r} cannot be inverted: its pattern is not literal text and captures (a "
+                "glob with ?/[...], or a regex beyond text and (groups)); write the inverse rule "
+                "yourself"
             )
-        back = _Template(self.src.text, self.src.parts, self.dst.groups)
-        return _Rename(
-            _Template(self.dst.text, self.dst.parts, self.src.groups), back, self.required
-        )
+        back = replace(self.src, groups=self.dst.groups)
+        return _Rename(replace(self.dst, groups=self.src.groups), back, self.required)
 
 
 class _Values(Rule):
@@ -413,7 +398,7 @@ class _Concat(Rule):
 def rename(pattern: str, to: str, *, regex: bool = False) -> Rule:
     """Renames every name matching ``pattern`` to ``to`` (captures carried over).
 
-    Globs: ``rename("transformer.h.**", "blocks.**")``; regexes:
+    Globs: ``rename("transformer.h.*", "blocks.*")``; regexes:
     ``rename(r"h\\.(\\d+)\\.mlp\\.c_fc\\.(weight|bias)", r"blocks.\\1.fc.\\2", regex=True)``.
     """
     src = _pattern(pattern, regex)

@@ -30,10 +30,10 @@ from typing import Any, TypeVar
 from . import precision as _precision
 from . import state as _state
 from . import surgery as _surgery
+from .display import module_repr as _module_repr
+from .display import summary as _summary
 from .filters import trainable_size
 from .modulebase import ModuleBase, PlainArrayWarning, field
-from .summary import module_repr as _module_repr
-from .summary import summary as _summary
 from .tying import tie
 
 __all__ = ["Module", "PlainArrayWarning", "field"]
@@ -78,15 +78,13 @@ class Module(ModuleBase):
         """
         return _state.state_dict(self, prefix=prefix, keep_vars=keep_vars)
 
-    def load_state_dict(
-        self: M, state_dict: Any, strict: bool = True, *, mapping: Any = None
-    ) -> Any:
+    def load_state_dict(self: M, state_dict: Any, strict: bool = True, *, mapping: Any = None) -> M:
         """Returns a new module with values from ``state_dict`` (see `jp.load_state_dict`).
 
-        ``strict=True`` returns the module or raises one error listing every missing and
-        unexpected key; ``strict=False`` returns ``(module, IncompatibleKeys)`` like PyTorch.
-        Shape and dtype-kind mismatches always raise. ``mapping`` (a `jp.Mapping`) renames
-        and reshapes the checkpoint's entries into the model's first.
+        ``strict=True`` raises one error listing every missing and unexpected key;
+        ``strict=False`` skips them and returns the module all the same (`jp.incompatible_keys`
+        says which names it skips). Shape and dtype-kind mismatches always raise. ``mapping``
+        (a `jp.Mapping`) renames and reshapes the checkpoint's entries into the model's first.
         """
         return _state.load_state_dict(self, state_dict, strict=strict, mapping=mapping)
 

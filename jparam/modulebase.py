@@ -34,7 +34,7 @@ import numpy as np
 from jax import tree_util
 
 from . import paths as _paths
-from .parameter import Buffer, Parameter, _Variable, dtype_shape
+from .parameter import Buffer, Parameter, Variable, dtype_shape
 
 __all__ = ["ModuleBase", "PlainArrayWarning", "describe", "field"]
 
@@ -264,7 +264,7 @@ class _Scan:
         return self.shared
 
     def visit(self, node: Any, name: str, field: str, own: bool) -> None:
-        if isinstance(node, _Variable):
+        if isinstance(node, Variable):
             first = name if self.seen is None else self.seen.setdefault(id(node), name)
             if first is not name:
                 self.repeated(node, name, first)
@@ -281,7 +281,7 @@ class _Scan:
             self.visit(child, _paths.join(name, child_name), field, own)
         self.on_path.discard(id(node))
 
-    def repeated(self, node: _Variable, name: str, first: str) -> None:
+    def repeated(self, node: Variable, name: str, first: str) -> None:
         if isinstance(node, Parameter):
             self.shared.append((name, first))
             return

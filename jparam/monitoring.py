@@ -1,59 +1,10 @@
 """Monitoring: per-parameter statistics, the global norm, and a NaN/Inf guard.
 
-All three take any pytree the rest of jparam takes: a model, a gradient tree from `jp.grad`
-(Parameters at trainable positions, ``None`` elsewhere), the ``{name: array}`` part from
-`jp.split`, or any pytree holding Parameters/Buffers. Names are `jp.state_dict`'s: attribute
-names joined by ``.``, dict keys as they are, in the same order. So an `nn.Stacked` array is
-reported per layer (``h.3.attn.in_proj_weight``, not ``h.layers.attn.in_proj_weight``): a NaN
-in layer 3 names layer 3, exactly as for the unrolled layers. A tree that holds no Parameter
-or Buffer at all (a split dict, an optax update) is named by its array leaves' key paths (a
-stacked array there is one entry: the dict has no layers to name).
-
-``jp.stats(tree)`` and ``jp.global_norm(tree)`` return arrays and never sync with the host, so
-they belong inside the jitted step, where they fuse into the step's one computation::
-
-    model, tx = nn.Linear(4, 2, key=jax.random.key(0)), optax.sgd(0.1)
-    params, rest = jp.split(model, jp.trainable)
-    opt_state = tx.init(params)
-    loss_fn = lambda params, rest, x, y: jnp.mean((jp.merge(params, rest)(x) - y) ** 2)
-
-    @jax.jit
-    def train_step(params, rest, opt_state, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, rest, x, y)
-        updates, opt_state = tx.update(grads, opt_state)
-        params = optax.apply_updates(params, updates)
-        return params, opt_state, {"loss": loss, "grad_norm": jp.global_norm(grads),
-                                   "grads": jp.stats(grads)}
-
-    params, opt_state, logs = train_step(params, rest, opt_state, jnp.ones((8, 4)),
-                                         jnp.zeros((8, 2)))
-    print(logs["grad_norm"], logs["grads"]["weight"]["norm"])
-
-The NaN/Inf guard has two halves. Outside jit, ``jp.check_finite(grads)`` raises a
-`FloatingPointError` naming the first offending parameter. Inside jit, ``jp.first_nonfinite``
-returns a small `NonFinite` pytree: four int32 numbers as its only array and the names as
-static data, which a jitted function can return; the host turns it into the same message::
-
-    model = nn.Linear(4, 2, key=jax.random.key(0))
-    params, rest = jp.split(model, jp.trainable)
-    loss_fn = lambda params, x, y: jnp.mean((jp.merge(params, rest)(x) - y) ** 2)
-    x, y = jnp.full((8, 4), jnp.nan), jnp.zeros((8, 2))   # a bad batch
-
-    @jax.jit
-    def train_step(params, x, y):
-        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-        params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
-        return params, jp.first_nonfinite(grads)      # one int32[4] array leaves the device
-
-    params, bad = train_step(params, x, y)
-    try:
-        jp.check_finite(bad, what="gradients")     # raises FloatingPointError naming the path
-    except FloatingPointError as error:
-        print(error)        # gradients: 'bias' has 2 NaN and 0 Inf values (first of 2 ...)
-
-Statistics are computed in float32 for low-precision floats (bfloat16, float16) and for integer
-and bool arrays; float64 stays float64. Only floating arrays are checked for NaN/Inf; integer
-and bool arrays never count as offending. Complex arrays are refused with a `TypeError`.
+A diverging run shows up first in the numbers of one parameter. `stats` and `global_norm`
+compute them inside the jitted step, with no host sync; `first_nonfinite` finds the first
+NaN/Inf inside jit (its `NonFinite` report's ``finite`` can skip the step there) and
+`check_finite` raises on the host, naming the parameter. Names are `jp.state_dict`'s, per layer
+for `nn.Stacked` arrays. The guide is ``docs/guides/monitoring.md``.
 """
 
 from __future__ import annotations
@@ -69,7 +20,7 @@ import numpy as np
 from jax import tree_util
 
 from .filters import Layers, stacked_layers
-from .parameter import Buffer, Parameter, _Variable
+from .parameter import Buffer, Parameter, Variable
 from .paths import path_name, walk
 
 __all__ = ["NonFinite", "STATS", "check_finite", "first_nonfinite", "global_norm", "stats"]
@@ -79,7 +30,7 @@ STATS = ("norm", "mean", "std", "min", "max", "zero_fraction", "nonfinite")
 
 
 def _is_array(x: Any) -> bool:
-    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, _Variable)
+    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, Variable)
 
 
 class _Entry(NamedTuple):
@@ -94,7 +45,7 @@ class _Entry(NamedTuple):
 def _entries(tree: Any, include_buffers: bool) -> list[_Entry]:
     """The arrays in walk order; plain array leaves when there is no Parameter/Buffer."""
     walked = list(walk(tree))
-    if any(isinstance(node, _Variable) for _, node in walked):
+    if any(isinstance(node, Variable) for _, node in walked):
         kinds = (Parameter, Buffer) if include_buffers else (Parameter,)
         stacked = stacked_layers(walked)
         return [
@@ -138,7 +89,7 @@ def _names(entries: list[_Entry]) -> list[str]:
     return _reorder(names, _order(entries))
 
 
-def _named_arrays(tree: Any, include_buffers: bool) -> list[tuple[str, Any]]:
+def named_arrays(tree: Any, include_buffers: bool) -> list[tuple[str, Any]]:
     """``(name, array)`` in `state_dict` order, one per layer of an `nn.Stacked` array."""
     entries = _entries(tree, include_buffers)
     out = []
@@ -278,8 +229,9 @@ class NonFinite:
     Its one array child, ``code``, is int32 ``[index, nan_count, inf_count, n_offending]``
     (``index`` is -1 when every array is finite); ``names``, the checked arrays' names, is
     static data, so a jitted function can return a `NonFinite` and the host still has the
-    names. ``jp.check_finite(report, what=...)`` or ``report.check(what)`` raises;
-    ``report.message(what)`` returns the message or ``None``. Both read ``code`` (one small
+    names. Inside jit, ``report.finite`` is a scalar bool array. On the host,
+    ``jp.check_finite(report, what=...)`` or ``report.check(what)`` raises and
+    ``report.message(what)`` returns the message or ``None``; both read ``code`` (one small
     device-to-host copy).
     """
 
@@ -288,6 +240,15 @@ class NonFinite:
     def __init__(self, code: Any, names: tuple[str, ...]) -> None:
         self.code = code
         self.names = names
+
+    @property
+    def finite(self) -> jax.Array:
+        """A scalar bool array: whether every checked array is free of NaN and Inf.
+
+        Reads nothing back to the host, so it serves inside ``jax.jit``: skip the step with
+        `jp.amp.update_if_finite`, or adjust a `jp.amp.DynamicLossScale`.
+        """
+        return jnp.asarray(self.code)[0] < 0
 
     def message(self, what: str = "gradients") -> str | None:
         """The error message, or ``None`` when every checked array is finite."""

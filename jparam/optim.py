@@ -3,39 +3,10 @@
 Plain optax works on ``jp.split(model, jp.trainable)`` as it is. `Optimizer` is the shorter
 route: it keeps optax state for the trainable parameters only, keyed by parameter name (so it
 survives saving and loading by name) and stored as flat dicts (so a jitted step flattens it as
-cheaply as a dict of arrays)::
-
-    model = nn.Linear(4, 2, key=jax.random.key(0))
-    loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
-    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
-
-    opt = jp.Optimizer(optax.adamw(1e-3), model)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def train_step(model, opt, x, y):
-        loss, grads = jp.value_and_grad(loss_fn)(model, x, y)
-        model, opt = opt.update(model, grads)
-        return model, opt, loss
-
-    model, opt, loss = train_step(model, opt, x, y)
-
-Parameter groups come from names and metadata, for ``optax.masked``, ``optax.multi_transform``
-and ``add_decayed_weights``::
-
-    model = nn.ModuleDict({"backbone": nn.Linear(4, 4, key=jax.random.key(0)),
-                           "head": nn.Linear(4, 2, key=jax.random.key(1))})
-    model = jp.at(model, "head.weight").apply(lambda w: w.replace(lr_scale=10.0))
-
-    decay = optax.adamw(1e-3, weight_decay=0.05, mask=jp.optim.weight_decay_mask(model))
-    groups = optax.multi_transform(
-        {"slow": optax.adam(1e-5), "fast": optax.adam(1e-3)},
-        jp.optim.labels(model, {"backbone.*": "slow", "*": "fast"}),
-    )
-    per_param = optax.chain(optax.adam(1e-3), jp.optim.scale_by_metadata(model, "lr_scale"))
-    opts = [jp.Optimizer(tx, model) for tx in (decay, groups, per_param)]
-
-Each helper returns a function of the params tree, so the same ``tx`` serves the plain-optax
-pattern (a model-shaped tree) and `Optimizer` (a dict keyed by name).
+cheaply as a dict of arrays). `mask`, `weight_decay_mask`, `labels`, `scale_by_metadata` and
+`scale_by_name` build parameter groups from names and metadata; each returns a function of the
+params tree, so the same transformation serves plain optax (a model-shaped tree) and
+`Optimizer` (a dict keyed by name). The guide is ``docs/guides/optimizers.md``.
 """
 
 from __future__ import annotations
@@ -63,7 +34,7 @@ from .filters import (
     stacked_layers,
     trainable,
 )
-from .parameter import Parameter, _Variable, dtype_shape
+from .parameter import Parameter, Variable, dtype_shape
 from .partition import Hole, merge, split
 from .paths import map_variables, named_parameters, path_name, walk
 from .state import match_state
@@ -453,10 +424,10 @@ def _scaled(by_name: _ByName) -> optax.GradientTransformation:
             s = by_name[name]
             if isinstance(s, float) and s == 1.0:
                 return u
-            value = u.value if isinstance(u, _Variable) else u
+            value = u.value if isinstance(u, Variable) else u
             if isinstance(s, np.ndarray):  # per layer: rows of a stacked array
                 s = jnp.asarray(s, value.dtype).reshape(s.shape + (1,) * (value.ndim - s.ndim))
-            return u._with_value(value * s) if isinstance(u, _Variable) else value * s
+            return u._with_value(value * s) if isinstance(u, Variable) else value * s
 
         return map_variables(updates, scale, arrays=True), state
 

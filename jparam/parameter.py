@@ -34,7 +34,7 @@ from jax import tree_util
 __all__ = ["ArrayNode", "Buffer", "Parameter", "to_array"]
 
 _new = object.__new__
-V = TypeVar("V", bound="_Variable")
+V = TypeVar("V", bound="Variable")
 _Tracer = jax.core.Tracer
 _stop_gradient = jax.lax.stop_gradient
 _VALUE_KEY = (tree_util.GetAttrKey("value"),)
@@ -44,7 +44,11 @@ _VALUE_KEY = (tree_util.GetAttrKey("value"),)
 _INTERNED: dict[tuple, tuple] = {}
 
 
-def _intern_meta(trainable: bool | None, metadata: Mapping[str, Any]) -> tuple:
+def intern_aux(trainable: bool | None, metadata: Mapping[str, Any]) -> tuple:
+    """The interned static part of a variable with this flag and metadata (see `Variable.aux`).
+
+    Metadata must be hashable: it lives in the pytree structure.
+    """
     for name, val in metadata.items():
         if not isinstance(val, Hashable):
             hint = " (to change the value, pass it positionally: p.replace(x))"
@@ -161,7 +165,7 @@ def to_array(value: Any, *, what: str = "value") -> Any:
     ``__jax_array__`` (a PyTorch tensor, bfloat16 too). Strings, ``None`` and other objects raise
     ``TypeError``. ``what`` names the value in the error message.
     """
-    if isinstance(value, _Variable):
+    if isinstance(value, Variable):
         return value.value
     if isinstance(value, jax.Array):
         # `jnp.array(0)` is weakly typed, the same value loaded from NumPy or PyTorch is not;
@@ -202,7 +206,7 @@ def dtype_shape(x: Any) -> str:
 
 
 def _unwrap(x: Any) -> Any:
-    return x.value if isinstance(x, _Variable) else x
+    return x.value if isinstance(x, Variable) else x
 
 
 def _binary(op):
@@ -234,8 +238,8 @@ def rebuild_variable(cls: type[V], meta: tuple, value: Any) -> V:
     return out
 
 
-def _unpickle(cls: type[_Variable], trainable: bool | None, items: tuple, value: Any) -> Any:
-    return rebuild_variable(cls, _intern_meta(trainable, dict(items)), value)
+def _unpickle(cls: type[Variable], trainable: bool | None, items: tuple, value: Any) -> Any:
+    return rebuild_variable(cls, intern_aux(trainable, dict(items)), value)
 
 
 def _register(cls: type) -> None:
@@ -387,7 +391,7 @@ class ArrayNode:
     __hash__ = None  # type: ignore[assignment]  # elementwise __eq__: unhashable, like ndarray
 
 
-class _Variable(ArrayNode):
+class Variable(ArrayNode):
     """What `Parameter` and `Buffer` share: a pytree leaf with metadata (subclass those)."""
 
     __slots__ = ("_meta", "_value")
@@ -409,6 +413,16 @@ class _Variable(ArrayNode):
         if self._meta[0] is not True and isinstance(v, _Tracer):
             return _stop_gradient(v)
         return v
+
+    @_frozen
+    def aux(self) -> tuple:
+        """The static part JAX keeps in the treedef: ``(trainable flag, sorted metadata items)``.
+
+        The flag is ``None`` for a Buffer. Interned (equal parts are one object, see
+        `intern_aux`), so library code that rebuilds a variable cheaply with
+        ``rebuild_variable(type(v), v.aux, value)`` keeps ``jax.jit`` cache lookups cheap.
+        """
+        return self._meta
 
     @_frozen
     def data(self) -> Any:
@@ -442,7 +456,8 @@ class _Variable(ArrayNode):
         """Returns a copy without the metadata entries ``keys`` (``replace`` sets entries).
 
         A key the variable does not have raises, naming the keys it has, so a typo never
-        passes. ``p.drop_metadata("axes")`` leaves ``p`` replicated by `jp.shardings`.
+        passes. ``p.drop_metadata("axes")`` leaves ``p`` replicated by
+        `jp.sharding.named_shardings`.
         """
         have = dict(self._meta[1])
         missing = [k for k in keys if k not in have]
@@ -453,7 +468,7 @@ class _Variable(ArrayNode):
             )
         for k in keys:
             del have[k]
-        return rebuild_variable(type(self), _intern_meta(self._meta[0], have), self._value)
+        return rebuild_variable(type(self), intern_aux(self._meta[0], have), self._value)
 
     def _with_value(self, value: Any) -> Any:
         # Unchecked: for library code that already holds a valid (possibly traced) array.
@@ -462,7 +477,7 @@ class _Variable(ArrayNode):
     def _rebuild_meta(self, changes: dict[str, Any]) -> tuple:
         merged = dict(self._meta[1])
         merged.update(changes)
-        return _intern_meta(self._meta[0], merged)
+        return intern_aux(self._meta[0], merged)
 
     def astype(self, dtype: Any) -> Any:
         """Returns a copy whose value is cast to ``dtype`` (metadata kept)."""
@@ -499,7 +514,7 @@ class _Variable(ArrayNode):
         )
 
 
-class Parameter(_Variable):
+class Parameter(Variable):
     """A trainable (or frozen) array, the unit that gradients, optimizers and names see.
 
     ``Parameter(value, *, trainable=None, **metadata)``: ``value`` is converted to a JAX array
@@ -519,7 +534,7 @@ class Parameter(_Variable):
     def __init__(self, value: Any, /, *, trainable: bool | None = None, **metadata: Any) -> None:
         value = to_array(value, what="Parameter value")
         self._value = value
-        self._meta = _intern_meta(_trainable_flag(trainable, value, "Parameter"), metadata)
+        self._meta = intern_aux(_trainable_flag(trainable, value, "Parameter"), metadata)
 
     @_frozen
     def trainable(self) -> bool:
@@ -539,7 +554,7 @@ class Parameter(_Variable):
         flag = out._meta[0] if trainable is None else trainable
         flag = _trainable_flag(flag, out._value, f"{type(self).__name__}.replace")
         if flag != out._meta[0]:
-            out._meta = _intern_meta(flag, dict(out._meta[1]))
+            out._meta = intern_aux(flag, dict(out._meta[1]))
         return out
 
     def freeze(self) -> Parameter:
@@ -559,7 +574,7 @@ class Parameter(_Variable):
         return f"{type(self).__name__}({self._value_repr()}{frozen}{self._meta_repr()})"
 
 
-class Buffer(_Variable):
+class Buffer(Variable):
     """A non-trainable array that belongs to the model's state (e.g. BatchNorm running stats).
 
     Buffers are saved in ``state_dict`` and moved by ``to``/``astype`` like parameters, but
@@ -571,7 +586,7 @@ class Buffer(_Variable):
 
     def __init__(self, value: Any, /, **metadata: Any) -> None:
         self._value = to_array(value, what="Buffer value")
-        self._meta = _intern_meta(None, metadata)
+        self._meta = intern_aux(None, metadata)
 
     @_frozen
     def persistent(self) -> bool:

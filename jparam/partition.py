@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from jax import tree_util
 
 from .filters import FilterLike, as_filter
-from .parameter import _Variable, rebuild_variable
+from .parameter import Variable, rebuild_variable
 from .paths import NameTable, is_variable, path_name
 from .placeholder import Placeholder
 
@@ -93,8 +93,9 @@ class _Spec:
     """The ``(shape, dtype)`` a `Hole` checks values against: recorded, but not structure.
 
     Every `_Spec` equals every other and hashes alike, so the shape never takes part in treedef
-    comparisons: the rest of a model and the rest of its tree of shardings (``jp.shardings``,
-    whose leaves have no shape) have the same structure, as ``jax.jit(in_shardings=...)`` needs.
+    comparisons: the rest of a model and the rest of its tree of shardings
+    (``jp.sharding.named_shardings``, whose leaves have no shape) have the same structure, as
+    ``jax.jit(in_shardings=...)`` needs.
     Shapes still reach the jit cache key through the parts, whose arrays are real leaves.
     """
 
@@ -134,9 +135,9 @@ def split(tree: Any, filter: FilterLike, *filters: FilterLike) -> tuple[Any, ...
         for pred, part in zip(preds, parts):
             if pred.matches(name, leaf):
                 names.add(name, path)
-                if isinstance(leaf, _Variable):
+                if isinstance(leaf, Variable):
                     part[name] = leaf.value
-                    return Hole(name, type(leaf), leaf._meta, _Spec(leaf.value))
+                    return Hole(name, type(leaf), leaf.aux, _Spec(leaf.value))
                 part[name] = leaf
                 return Hole(name, spec=_Spec(leaf))
         return leaf

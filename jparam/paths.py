@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax import tree_util
 
-from .parameter import Buffer, Parameter, _Variable
+from .parameter import Buffer, Parameter, Variable
 from .placeholder import Placeholder
 
 __all__ = [
@@ -89,7 +89,7 @@ def is_module(x: Any) -> bool:
 
 def is_variable(x: Any) -> bool:
     """True for `Parameter` and `Buffer` (the leaves that walks and filters see)."""
-    return isinstance(x, _Variable)
+    return isinstance(x, Variable)
 
 
 def children(node: Any) -> list[tuple[str, Any]]:
@@ -111,7 +111,7 @@ def keyed_children(node: Any) -> list[tuple[str, Any, Any]]:
             else:
                 out.append((name, tree_util.GetAttrKey(name), d[name]))
         return out
-    if isinstance(node, (_Variable, jax.Array, np.ndarray)) or node is None:
+    if isinstance(node, (Variable, jax.Array, np.ndarray)) or node is None:
         return []
     if type(node) in (list, tuple):
         return [(str(i), tree_util.SequenceKey(i), c) for i, c in enumerate(node)]
@@ -192,7 +192,7 @@ def walk(
 def _walk(
     tree: Any, prefix: str, path: tuple, recurse: bool, named: bool, names: NameTable
 ) -> Iterator[tuple[str, Any]]:
-    if isinstance(tree, _Variable) or (named and _named_placeholder(tree)):
+    if isinstance(tree, Variable) or (named and _named_placeholder(tree)):
         names.add(prefix, path)
         yield prefix, tree
         return
@@ -211,7 +211,7 @@ def _walk(
         if not recurse:
             return
         for name, key, child in kids:
-            if not isinstance(child, (_Variable, Placeholder)):
+            if not isinstance(child, (Variable, Placeholder)):
                 yield from _walk(child, join(prefix, name), (*path, key), True, named, names)
         return
     for name, key, child in keyed_children(tree):
@@ -303,7 +303,7 @@ def _first_modules(
         if is_module(child):
             names.add(join(prefix, name), (*path, key))
             yield join(prefix, name), child
-        elif not isinstance(child, _Variable):
+        elif not isinstance(child, Variable):
             yield from _first_modules(child, join(prefix, name), (*path, key), names)
 
 
@@ -323,7 +323,7 @@ def map_variables(tree: Any, fn: Callable[[str, Any], Any], *, arrays: bool = Fa
     """
 
     def visit(path, x):
-        if isinstance(x, _Variable) or arrays:
+        if isinstance(x, Variable) or arrays:
             return fn(path_name(path), x)
         return x
 

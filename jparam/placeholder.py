@@ -14,16 +14,29 @@ this protocol, never by class:
 - ``stands_for(name, params)``: the Parameter the placeholder at ``name`` stands for, given the
   walked ``{name: Parameter}``; ``None`` when it stands for none of them. This is how
   ``named_parameters(remove_duplicate=False)`` lists a tied name under its source's array.
+
+A named placeholder that is a second name for another name's Parameter (a tie) also says so,
+and the features above the core ask it instead of testing for its class:
+
+- ``alias_of(name)``: the full name of the Parameter it is another name for (``None`` if it is
+  no alias). ``freeze``/``unfreeze`` select both names as one parameter, ``summary`` counts it
+  once, and ``jp.at(...).set`` refuses a raw array there (it would silently undo the alias).
+- ``describe(name)``: a few words for tables and messages, e.g. ``"tied to wte.weight"``.
+- ``prepare_load(expected, placeholders, state, errors)`` (classmethod): given a checkpoint's
+  ``{name: array}``, returns it with the entries at this class's placeholder names turned into
+  entries under the names that hold arrays, as ``load_state_dict`` then loads them; problems
+  go to ``errors``. The default leaves ``state`` as it is.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
 from jax import tree_util
 
-__all__ = ["Placeholder"]
+__all__ = ["Placeholder", "resolve_placeholders"]
 
 
 class Placeholder:
@@ -49,3 +62,45 @@ class Placeholder:
     def stands_for(self, name: str, params: Mapping[str, Any]) -> Any:
         """The Parameter that the placeholder at ``name`` stands for, or ``None``."""
         return None
+
+    def alias_of(self, name: str) -> str | None:
+        """The full name of the Parameter this name is another name for, or ``None``."""
+        return None
+
+    def describe(self, name: str) -> str:
+        """A few words for tables and error messages."""
+        return type(self).__name__
+
+    @classmethod
+    def prepare_load(
+        cls,
+        expected: Mapping[str, Any],
+        placeholders: Mapping[str, Any],
+        state: Any,
+        errors: list[str],
+    ) -> Any:
+        """``state`` with its entries at ``placeholders``' names moved to the names that load.
+
+        ``expected`` maps every saved name to what it stands for (placeholders resolved);
+        ``placeholders`` holds this class's placeholders by name.
+        """
+        return state
+
+
+def resolve_placeholders(entries: Mapping[str, Any]) -> OrderedDict[str, Any]:
+    """``{name: variable | placeholder}`` with each placeholder replaced by what it stands for.
+
+    For ``state_dict`` and ``summary``: a placeholder that stands for nothing among ``entries``
+    (a tie whose source is frozen in a gradient tree, or outside the rest of ``jp.split``) is
+    left out.
+    """
+    if not any(isinstance(node, Placeholder) for node in entries.values()):
+        return entries if isinstance(entries, OrderedDict) else OrderedDict(entries)
+    out: OrderedDict[str, Any] = OrderedDict()
+    for name, node in entries.items():
+        if isinstance(node, Placeholder):
+            node = node.stands_for(name, entries)
+            if node is None:
+                continue
+        out[name] = node
+    return out

@@ -1,37 +1,11 @@
 """Retraces made visible: count a jitted function's traces and say why each new one happened.
 
-``jax.jit`` recompiles whenever the static part of its arguments changes: for a jparam model that
-is the treedef (classes, static fields, the training flag, each Parameter's trainable flag and
-metadata) plus every array's shape and dtype. That is by design (a freeze retraces once), but a
-silent retrace every step is a classic JAX pain. `watch_retraces` wraps the Python function
-*before* ``jax.jit``, so its body runs only when JAX traces: it records a cheap signature of the
-arguments there and, on a new trace, names what changed in jparam's terms::
-
-    from collections import OrderedDict
-
-    model = nn.Sequential(OrderedDict(backbone=nn.Linear(4, 4, key=jax.random.key(0)),
-                                      head=nn.Linear(4, 2, key=jax.random.key(1))))
-    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
-
-    def train_step(model, opt, x, y):
-        loss, grads = jp.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
-        model, opt = opt.update(model, grads)
-        return model, opt, loss
-
-    step = jax.jit(jp.watch_retraces(train_step, max_traces=2), donate_argnums=(0, 1))
-    model, opt, loss = step(model, jp.Optimizer(optax.sgd(0.1), model), x, y)
-    model = model.freeze("backbone")
-    model, opt, loss = step(model, jp.Optimizer(optax.sgd(0.1), model), x, y)
-    assert step.traces.count == 2     # how many times JAX traced it
-    print(step.traces.reports)        # one explanation per retrace, e.g.
-    # train_step traced again (trace 2); changed since trace 1:
-    #   argument 0 (model): backbone.weight, backbone.bias: trainable True -> False (...)
-
-    with jp.no_retrace(step):  # in a test: any new trace raises RetraceError, with the reason
-        for _ in range(3):
-            model, opt, loss = step(model, opt, x, y)
-
-A cached call never enters the wrapper, so watching costs nothing per step.
+``jax.jit`` recompiles whenever the static part of its arguments changes (for a jparam model:
+classes, static fields, the training and trainable flags, metadata, shapes and dtypes).
+`watch_retraces` wraps the Python function *before* ``jax.jit``, so its body runs only while JAX
+traces: there it records a cheap signature of the arguments and explains each retrace in
+jparam's terms; a cached call never enters it, so watching costs nothing per step. `no_retrace`
+turns any new trace into a `RetraceError`. The guide is ``docs/guides/retraces.md``.
 """
 
 from __future__ import annotations

@@ -1,36 +1,14 @@
 """Files by name: ``jp.save`` / ``jp.load`` in the safetensors format PyTorch and Hugging Face use.
 
-A file is the model's `state_dict`: ``{name: array}``, so PyTorch reads what jparam writes
-(``safetensors.torch.load_file`` then ``module.load_state_dict``) and jparam reads what PyTorch
-writes. Every dtype a JAX array can have round-trips exactly, bfloat16 and float8 included::
-
-    import tempfile
-
-    model, folder = nn.Linear(4, 2, key=jax.random.key(0)), tempfile.mkdtemp()
-    path, ddp_path = f"{folder}/model.safetensors", f"{folder}/ddp.safetensors"
-    jp.save(ddp_path, {f"module.{k}": v for k, v in model.state_dict().items()})
-
-    info = jp.save(path, model, metadata={"epoch": "3"})
-    model = jp.load(path, like=model)
-    model = jp.load(ddp_path, like=model, rename={"module.": ""})
-
-Dtypes with a safetensors code (bool, (u)int8-64, float16/32/64, bfloat16, complex64 and the
-float8 types PyTorch has: e4m3fn, e5m2, e4m3fnuz, e5m2fnuz, e8m0fnu) are stored under it. The
-others are stored as their bytes under a code of the same width: complex128 as float64
-``(real, imag)`` pairs in a trailing axis of 2; float8_e4m3, float8_e3m4, float8_e4m3b11fnuz,
-float4_e2m1fn, int4, uint4, int2, uint2, int1 and uint1 as U8, one value a byte as NumPy holds
-them. The header's ``jparam.dtypes`` entry names their real dtype: jparam restores it, other
-readers see the raw codes.
-
-Writes never destroy the previous file: the bytes go to a temporary file in the same directory,
-are flushed to disk, and then atomically replace the old file.
-
-Every byte that changes what loads is checksummed (xxHash3), so a corrupted file is reported,
-never loaded as garbage: ``jparam.xxh3_64`` holds the checksum of every tensor (its dtype, shape
-and bytes), and ``jparam.header_xxh3_64`` the checksum of the 8-byte length prefix and the whole
-header (names, dtypes, shapes, offsets, metadata) with its own 16 digits read as zeros. A file
-holding either key is verified in full, so a flipped bit that removes one of the two marks still
-finds the other; files without them (PyTorch's, the safetensors library's) load unverified.
+A file is the model's `state_dict` (``{name: array}``), so PyTorch reads what jparam writes and
+jparam reads what PyTorch writes. Every dtype a JAX array can have round-trips exactly: dtypes
+with a safetensors code are stored under it, the others as their bytes under a code of the same
+width, with their real dtype in the header's ``jparam.dtypes`` entry. Writes are atomic (a
+temporary file in the same directory, flushed, then renamed over the old one), and every byte
+that changes what loads is checksummed (xxHash3, the ``jparam.xxh3_64`` and
+``jparam.header_xxh3_64`` header entries), so a corrupted file raises `CheckpointError` instead
+of loading garbage. The guide, with the exact dtype codes and checksums, is
+``docs/howto/load-pytorch-checkpoint.md``.
 """
 
 from __future__ import annotations
@@ -56,8 +34,8 @@ import xxhash
 
 from . import tempfiles
 from .mapping import as_mapping
-from .parameter import _Variable, check_int_range, dtype_shape, to_array
-from .state import load_state_dict, match_state, state_dict
+from .parameter import Variable, check_int_range, dtype_shape, to_array
+from .state import incompatible_keys, load_state_dict, match_state, state_dict
 
 __all__ = [
     "CheckpointError",
@@ -252,7 +230,7 @@ def _is_flat_mapping(tree: Any) -> bool:
 
 def is_plain_arrays(tree: Any) -> bool:
     """A flat ``{name: array}`` mapping (no Parameters): saved and loaded by its own keys."""
-    return _is_flat_mapping(tree) and not any(isinstance(v, _Variable) for v in tree.values())
+    return _is_flat_mapping(tree) and not any(isinstance(v, Variable) for v in tree.values())
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -746,7 +724,8 @@ def load(
         values, incompatible = match_state(like, arrays, strict, type(like).__name__)
         new = {**like, **values}
         return new if strict else (new, incompatible)
-    return load_state_dict(like, arrays, strict=strict)
+    new = load_state_dict(like, arrays, strict=strict)
+    return new if strict else (new, incompatible_keys(like, arrays))
 
 
 def from_torch_state_dict(state: Mapping[str, Any]) -> OrderedDict[str, jax.Array]:

@@ -1,51 +1,11 @@
 """Sharding by logical axis names: Parameters say what their dimensions mean, rules say where.
 
-A Parameter names its dimensions in metadata, ``Parameter(w, axes=("embed", "mlp"))``;
-`jparam.nn` layers name their own (list below). Rules map those logical names to the axes of a
-``jax.sharding.Mesh``; `shardings` turns a model (or an abstract one from ``jax.eval_shape``,
-or optimizer state) into the same pytree of ``NamedSharding``, which is what ``jax.jit``'s
-``in_shardings``/``out_shardings`` and ``jax.device_put`` take. JAX's SPMD partitioner does the
-rest: there is no communication layer here, and switching data parallel to FSDP or tensor
-parallel is a change of rules, not of model code::
-
-    from jax.sharding import AxisType
-
-    Model, key = functools.partial(nn.MLP, 4, [8, 4]), jax.random.key(0)
-    n = jax.device_count()                                # 8 devices: a (2, 4) mesh
-    shape = (2, 4) if n == 8 else (1, n)
-
-    mesh = jax.make_mesh(shape, ("fsdp", "tensor"), axis_types=(AxisType.Auto,) * 2)
-    rules = jp.sharding.rules({"batch": "fsdp", "in": "fsdp", "out": "tensor"})
-    init = lambda key: Model(key=key)
-    abstract = jax.eval_shape(init, key)                  # shapes only: nothing allocated
-    model = jax.jit(init, out_shardings=jp.shardings(abstract, mesh, rules))(key)
-    # each device only ever holds its own shards
-    print(model[0].weight.value.sharding.spec)            # P('tensor', 'fsdp')
-
-Names the `jparam.nn` layers give their parameters, in PyTorch's layouts (``None``: not split):
-
-- ``Linear.weight`` ``(out, in)``: ``("out", "in")``; every bias: ``("out",)``;
-- ``Bilinear.weight`` ``(out, in1, in2)``: ``("out", "in", None)``;
-- ``Conv1d``/``Conv2d.weight`` ``(out, in / groups, *kernel)``: ``("out", "in", None, ...)``;
-- ``ConvTranspose2d.weight`` ``(in, out / groups, kh, kw)``: ``("in", "out", None, None)``;
-- ``MultiheadAttention.in_proj_weight`` ``(3E, E)``: ``("out", "in")``, as a linear map;
-- ``Embedding.weight`` ``(num_embeddings, embedding_dim)``: ``("vocab", "embed")``;
-- norm weights and biases, BatchNorm's running statistics: ``("norm",)`` on the last axis.
-
-Every logical name must be known: a key of the rules (mapped to ``None`` to replicate it) or
-one of `STANDARD_NAMES` (the names above, the leading ``"layers"`` axis of stacked layers, and
-the activation names ``"batch"``/``"seq"``), which are replicated unless the rules map them. An
-unknown name is almost always a typo and raises, naming the parameter. Parameters without
-``axes`` are replicated.
-
-Optimizer state follows its parameter: `jp.Optimizer` and plain optax state keep one entry per
-parameter name, so ``jp.shardings(opt, mesh, rules, model=model)`` gives adam's ``mu``/``nu``
-the sharding of the weight they belong to and replicates scalars such as the step count.
-
-jparam's examples and tests use meshes with ``AxisType.Auto`` axes (``jax.make_mesh`` needs
-``axis_types=`` for that; ``jax.sharding.Mesh`` makes them by default), where the rules place
-parameters and constrained activations and the partitioner decides everything else. With
-``Explicit`` axes JAX's sharding-in-types rules apply as usual.
+A Parameter names its dimensions in metadata (``Parameter(w, axes=("embed", "mlp"))``; the
+`jparam.nn` layers name their own); `rules` map those names to the axes of a
+``jax.sharding.Mesh``; `named_shardings` turns a model, an abstract one or optimizer state into
+the pytree of ``NamedSharding`` that ``jax.jit`` and ``jax.device_put`` take, and `shard` places
+a model with it. The guide (docs/guides/sharding.md) walks through a whole example and lists the
+names jparam's layers use.
 """
 
 from __future__ import annotations
@@ -60,9 +20,10 @@ import jax
 from jax import tree_util
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .filters import glob_matches, require_match
+from . import globs
+from .filters import require_match
 from .optim import Optimizer
-from .parameter import _Variable
+from .parameter import Variable
 from .paths import is_variable, map_variables, path_name
 
 __all__ = [
@@ -70,9 +31,9 @@ __all__ = [
     "Rules",
     "annotate",
     "constrain",
+    "named_shardings",
     "rules",
     "shard",
-    "shardings",
     "spec",
     "use",
 ]
@@ -326,7 +287,7 @@ def _followed(path: tuple, leaf: Any, by_name: Mapping[str, tuple[tuple, Any]]) 
     return None
 
 
-def shardings(
+def named_shardings(
     tree: T,
     mesh: Mesh,
     rules: Rules | Mapping[str, MeshAxes],
@@ -346,10 +307,11 @@ def shardings(
         mesh, rules = jax.make_mesh((jax.device_count(),), ("fsdp",)), {"out": "fsdp"}
         init, key, tx = lambda key: nn.Linear(4, 8, key=key), jax.random.key(0), optax.adam(1e-3)
 
-        out = jp.shardings(jax.eval_shape(init, key), mesh, rules)
+        out = jp.sharding.named_shardings(jax.eval_shape(init, key), mesh, rules)
         model = jax.jit(init, out_shardings=out)(key)
-        opt_sh = jp.shardings(jax.eval_shape(lambda m: jp.Optimizer(tx, m), model), mesh,
-                              rules, model=model)
+        opt_sh = jp.sharding.named_shardings(
+            jax.eval_shape(lambda m: jp.Optimizer(tx, m), model), mesh, rules, model=model
+        )
         opt = jax.jit(lambda m: jp.Optimizer(tx, m), out_shardings=opt_sh)(model)
 
     Errors name the parameter: an unknown logical name, axes that do not fit the array's rank,
@@ -365,13 +327,13 @@ def shardings(
         for x in tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, Optimizer))
     ):
         raise ValueError(
-            "shardings: a jp.Optimizer's state is keyed by parameter name and needs the "
+            "named_shardings: a jp.Optimizer's state is keyed by parameter name and needs the "
             "model's axes: pass model=... (the model the optimizer was built for)"
         )
 
     def visit(path: tuple, leaf: Any) -> Any:
         name = path_name(path)
-        if isinstance(leaf, _Variable):
+        if isinstance(leaf, Variable):
             axes = leaf.metadata.get("axes")
             if axes is None:
                 return leaf._with_value(replicated)
@@ -390,28 +352,29 @@ def shard(
     *,
     model: Any = None,
 ) -> T:
-    """``tree`` placed on ``mesh`` as `shardings` says (``jax.device_put``); returns the copy::
+    """``tree`` placed on ``mesh`` as `named_shardings` says (``jax.device_put``), a copy::
 
         mesh, rules = jax.make_mesh((jax.device_count(),), ("fsdp",)), {"out": "fsdp"}
         model, tx = nn.Linear(4, 8, key=jax.random.key(0)), optax.adam(1e-3)
 
-        model = jp.shard(model, mesh, rules)
-        opt = jp.shard(jp.Optimizer(tx, model), mesh, rules, model=model)
+        model = jp.sharding.shard(model, mesh, rules)
+        opt = jp.sharding.shard(jp.Optimizer(tx, model), mesh, rules, model=model)
 
     For a model that fits on one device. One that does not is initialised straight into its
-    shards: ``jax.jit(init, out_shardings=jp.shardings(jax.eval_shape(init, key), ...))``.
+    shards: ``jax.jit(init, out_shardings=named_shardings(jax.eval_shape(init, key), ...))``.
     """
     abstract = [
         path_name(p)
         for p, x in tree_util.tree_flatten_with_path(tree, is_leaf=is_variable)[0]
-        if isinstance(x.value if isinstance(x, _Variable) else x, jax.ShapeDtypeStruct)
+        if isinstance(x.value if isinstance(x, Variable) else x, jax.ShapeDtypeStruct)
     ]
     if abstract:
         raise ValueError(
             f"shard: {abstract[0]!r} is abstract (jax.eval_shape) and has no values to place; "
-            "create it sharded with jax.jit(init, out_shardings=jp.shardings(...)) instead"
+            "create it sharded with jax.jit(init, out_shardings=jp.sharding.named_shardings(...)) "
+            "instead"
         )
-    return jax.device_put(tree, shardings(tree, mesh, rules, model=model))
+    return jax.device_put(tree, named_shardings(tree, mesh, rules, model=model))
 
 
 def annotate(tree: T, axes: Mapping[str, Axes | None]) -> T:
@@ -444,7 +407,7 @@ def annotate(tree: T, axes: Mapping[str, Axes | None]) -> T:
 
     def set_axes(name: str, v: Any) -> Any:
         for pattern, value in axes.items():
-            if glob_matches(pattern, name):
+            if globs.matches(pattern, name):
                 if value is not None and len(value) != v.ndim:
                     raise ValueError(
                         f"{name}: axes {value} name {len(value)} dimension(s), but the array "

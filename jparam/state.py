@@ -19,17 +19,24 @@ from jax import tree_util
 
 from .conversion import abstract_errors, convert_or_report
 from .mapping import as_mapping, torch_parametrization_names
-from .parameter import Buffer, _Variable
+from .parameter import Buffer, Variable
 from .paths import get_at, map_variables, update_at, walk
-from .tying import TiedTo, load_tied, resolve_entries
+from .placeholder import Placeholder, resolve_placeholders
 
-__all__ = ["IncompatibleKeys", "StateDictError", "load_state_dict", "state_dict"]
+__all__ = [
+    "IncompatibleKeys",
+    "StateDictError",
+    "incompatible_keys",
+    "load_state_dict",
+    "state_dict",
+]
 
 T = TypeVar("T")
 
 
 class IncompatibleKeys(NamedTuple):
-    """What `load_state_dict(..., strict=False)` did not match, as in PyTorch."""
+    """The names `load_state_dict(..., strict=False)` skips, as PyTorch reports them; see
+    `incompatible_keys`."""
 
     missing_keys: list[str]
     unexpected_keys: list[str]
@@ -98,7 +105,10 @@ def saved_variables(
     abstract: bool = False,
     all_buffers: bool = False,
 ) -> OrderedDict[str, Any]:
-    """``{name: Parameter | Buffer | TiedTo}`` under saved names, in PyTorch's order.
+    """``{name: Parameter | Buffer | Placeholder}`` under saved names, in PyTorch's order.
+
+    Placeholders are the named ones (a tie), which `resolve_placeholders` turns into what they
+    stand for.
 
     A module with a state view is walked as its view (its name goes to ``views``); with
     ``abstract=True`` views are built from shapes and dtypes only (enough for `summary`), so no
@@ -111,10 +121,10 @@ def saved_variables(
             if skip == "" or name.startswith(skip):
                 continue
             skip = None
-        if isinstance(node, _Variable):
+        if isinstance(node, Variable):
             if all_buffers or _persistent(node):
                 _put(found, {name: node})
-        elif isinstance(node, TiedTo):
+        elif isinstance(node, Placeholder):  # walk(placeholders=True) yields only named ones
             _put(found, {name: node})
         elif _has_view(node):
             if views is not None:
@@ -143,9 +153,9 @@ def _put(found: dict[str, Any], new: Mapping[str, Any], who: str = "") -> None:
 
 def _entries(
     tree: Any, prefix: str = "", views: list[str] | None = None
-) -> OrderedDict[str, _Variable]:
+) -> OrderedDict[str, Variable]:
     # A tied name gets its source's value, as in PyTorch.
-    return resolve_entries(saved_variables(tree, prefix, views))
+    return resolve_placeholders(saved_variables(tree, prefix, views))
 
 
 def state_dict(tree: Any, prefix: str = "", keep_vars: bool = False) -> OrderedDict[str, Any]:
@@ -161,6 +171,12 @@ def state_dict(tree: Any, prefix: str = "", keep_vars: bool = False) -> OrderedD
     return OrderedDict((name, node.value) for name, node in entries.items())
 
 
+def _key_errors(keys: IncompatibleKeys) -> list[str]:
+    return [f"missing key: {n}" for n in keys.missing_keys] + [
+        f"unexpected key: {k}" for k in keys.unexpected_keys
+    ]
+
+
 def match_state(
     expected: Mapping[str, Any],
     state: Mapping[str, Any],
@@ -174,10 +190,10 @@ def match_state(
     `StateDictError` listing every problem (``errors``: ones found before, reported with them).
     Shared by modules, optimizers and checkpoints.
     """
-    if not isinstance(state, Mapping):
-        raise TypeError(f"state_dict must map names to arrays, got {type(state).__name__}")
-    missing = [n for n in expected if n not in state]
-    unexpected = [k for k in state if k not in expected]
+    _require_mapping(state)
+    keys = IncompatibleKeys(
+        [n for n in expected if n not in state], [k for k in state if k not in expected]
+    )
     errors = list(errors)
     values: dict[str, Any] = {}
     for name, target in expected.items():
@@ -186,56 +202,99 @@ def match_state(
             if value is not None:
                 values[name] = value
     if strict:
-        errors = (
-            [f"missing key: {n}" for n in missing]
-            + [f"unexpected key: {k}" for k in unexpected]
-            + errors
-        )
+        errors = _key_errors(keys) + errors
     if errors:
         raise StateDictError(
             f"{len(errors)} error(s) loading state_dict into {what}:\n  " + "\n  ".join(errors)
         )
-    return values, IncompatibleKeys(missing, unexpected)
+    return values, keys
+
+
+def _require_mapping(state: Any) -> None:
+    if not isinstance(state, Mapping):
+        raise TypeError(f"state_dict must map names to arrays, got {type(state).__name__}")
+
+
+class _Resolved(NamedTuple):
+    """A state dict's names resolved against a model, as `load_state_dict` loads them."""
+
+    state: Mapping[str, Any]  # after the mapping and PyTorch's parametrization names
+    expected: OrderedDict[str, Variable]  # every saved name (a tied one: its source's node)
+    placeholders: dict[str, Placeholder]  # saved names that hold no array of their own
+    views: list[str]  # modules saved through a state view, outermost first
+    keys: IncompatibleKeys  # what a non-strict load skips
+
+
+def _resolve(tree: Any, state: Any, mapping: Any) -> _Resolved:
+    """The one name resolution behind `load_state_dict` and `incompatible_keys`."""
+    mapping = as_mapping(mapping)
+    if mapping is not None:
+        state = mapping(state)
+    _require_mapping(state)
+    views: list[str] = []
+    found = saved_variables(tree, "", views)
+    expected = resolve_placeholders(found)
+    state = torch_parametrization_names(state, expected)
+    placeholders = {n: node for n, node in found.items() if isinstance(node, Placeholder)}
+    aliases = {n: node.alias_of(n) for n, node in placeholders.items()}
+    # An alias (a tied name) may come with its source, alone (standing in for the source), or
+    # not at all; it is missing when its source is.
+    given = set(state) | {s for a, s in aliases.items() if a in state and s is not None}
+    missing = [n for n in expected if n not in placeholders and n not in given]
+    missing += [a for a, s in aliases.items() if s in missing]
+    keys = IncompatibleKeys(missing, [k for k in state if k not in expected])
+    return _Resolved(state, expected, placeholders, views, keys)
+
+
+def incompatible_keys(
+    tree: Any, state: Mapping[str, Any], *, mapping: Any = None
+) -> IncompatibleKeys:
+    """The names ``load_state_dict(tree, state, strict=False, mapping=mapping)`` skips.
+
+    ``(missing_keys, unexpected_keys)``, as PyTorch's ``load_state_dict(strict=False)`` reports
+    them, resolved exactly as the load resolves them (the mapping, tied weights, state views
+    such as `nn.Stacked`'s per-layer names, PyTorch's parametrization names). Nothing is
+    loaded or converted. The PyTorch habit becomes::
+
+        model = nn.Linear(3, 2, key=jax.random.key(0))
+        sd = {"weight": np.ones((2, 3), np.float32), "extra": np.zeros(1)}
+        missing, unexpected = jp.incompatible_keys(model, sd)
+        model = model.load_state_dict(sd, strict=False)
+        assert (missing, unexpected) == (["bias"], ["extra"])
+    """
+    return _resolve(tree, state, mapping).keys
 
 
 def load_state_dict(
     tree: T, state: Mapping[str, Any], strict: bool = True, *, mapping: Any = None
-) -> Any:
+) -> T:
     """Returns a copy of ``tree`` with the arrays of ``state`` put in by name.
 
-    ``strict=True`` returns the new tree, or raises `StateDictError` listing every missing key,
-    unexpected key, shape and dtype-kind mismatch. ``strict=False`` returns
-    ``(new_tree, IncompatibleKeys(missing_keys, unexpected_keys))``; shape and kind mismatches
-    still raise, as in PyTorch. ``mapping`` (a `jp.Mapping` or a list of `jp.mapping` rules)
-    turns the checkpoint's names and layouts into the model's first. PyTorch's parametrization
-    names (``parametrizations.weight.original0``) load into `jp.parametrize`'s by themselves.
+    ``strict=True`` raises `StateDictError` listing every missing key, unexpected key, shape
+    and dtype-kind mismatch. ``strict=False`` skips missing and unexpected names (shape and kind
+    mismatches still raise, as in PyTorch) and returns the new tree all the same; ask
+    `incompatible_keys` which names it skips (PyTorch's ``missing, unexpected =
+    model.load_state_dict(sd, strict=False)`` becomes ``missing, unexpected =
+    jp.incompatible_keys(model, sd)`` and ``model = model.load_state_dict(sd, strict=False)``).
+    ``mapping`` (a `jp.Mapping` or a list of `jp.mapping` rules) turns the checkpoint's names
+    and layouts into the model's first. PyTorch's parametrization names
+    (``parametrizations.weight.original0``) load into `jp.parametrize`'s by themselves.
     """
-    mapping = as_mapping(mapping)
-    if mapping is not None:
-        state = mapping(state)
-    views: list[str] = []
-    found = saved_variables(tree, "", views)
-    expected = resolve_entries(found)
-    if isinstance(state, Mapping):
-        state = torch_parametrization_names(state, expected)
-    errors = abstract_errors(expected, state)
-    # A tied name may come with its source, alone, or not at all.
-    tied = {
-        n: (node.source_name(n), node.transpose)
-        for n, node in found.items()
-        if isinstance(node, TiedTo)
-    }
-    state = load_tied(expected, tied, state, errors)
-    plain = OrderedDict((n, v) for n, v in expected.items() if n not in tied)
-    values, incompatible = match_state(plain, state, strict, type(tree).__name__, errors)
-    incompatible.missing_keys.extend(t for t, (s, _) in tied.items() if s in incompatible[0])
-    viewed, owners = _with_views(tree, views)  # modules that save under other names
+    r = _resolve(tree, state, mapping)
+    errors = (_key_errors(r.keys) if strict else []) + abstract_errors(r.expected, r.state)
+    state = r.state
+    for kind in dict.fromkeys(type(node) for node in r.placeholders.values()):
+        own = {n: node for n, node in r.placeholders.items() if type(node) is kind}
+        state = kind.prepare_load(r.expected, own, state, errors)
+    plain = OrderedDict((n, v) for n, v in r.expected.items() if n not in r.placeholders)
+    values, _ = match_state(plain, state, False, type(tree).__name__, errors)
+    viewed, owners = _with_views(tree, r.views)  # modules that save under other names
     new = _from_views(
         map_variables(viewed, lambda n, v: v.replace(values[n]) if n in values else v), owners
     )
     if any(not isinstance(v, jax.ShapeDtypeStruct) for v in values.values()):
         _check_no_abstract_leftovers(new)
-    return new if strict else (new, incompatible)
+    return new
 
 
 def _check_no_abstract_leftovers(tree: Any) -> None:

@@ -26,9 +26,11 @@ under ``jax.jit`` the updates are ordinary traced outputs of the jitted function
 survives the trace. Calling a stateful layer in training mode outside `stateful_call` raises,
 rather than silently dropping its update.
 
-Limits: a stateful layer run inside a JAX transform *within* the model (``lax.scan`` over
-layers, ``jax.checkpoint``, ``jax.vmap``) would record values of that inner trace; carry the
-state through such a transform explicitly (``forward_train``) instead.
+`stateful_call` works on a single layer too (``y, bn = nn.stateful_call(bn, x)``); it is the one
+way to get a layer's new state. Limits: a stateful layer run inside a JAX transform *within* the
+model (``lax.scan`` over layers, ``jax.checkpoint``, ``jax.vmap``) would record values of that
+inner trace; call `stateful_call` on the layer inside the transform instead and carry the
+returned layer out as the transform's output (as `nn.Stacked` does).
 """
 
 from __future__ import annotations
@@ -85,8 +87,8 @@ def update_state(module: M, step: Callable[[M], tuple[Any, M]]) -> Any:
         raise RuntimeError(
             f"{describe(module)} is in training mode and updates its state, but it was called "
             "outside nn.stateful_call. Run the model as `y, model = nn.stateful_call(model, x)` "
-            "to get the updated model, call `.eval()` for inference, or use the layer's "
-            "`forward_train(x) -> (y, new_layer)`."
+            "to get the updated model (a single layer works the same way), or call `.eval()` "
+            "for inference."
         )
     records = stack[-1]
     current = cast(M, records.get(id(module), (module, module))[1])  # module's updated copy

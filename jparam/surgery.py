@@ -12,33 +12,32 @@ from typing import Any, Generic, TypeVar
 import jax
 import numpy as np
 
+from . import globs
 from .conversion import convert_value
 from .filters import (
     Filter,
     as_filter,
-    glob_matches,
     require_match,
     set_layer_flags,
     stacked_layers,
     with_layer_flags,
 )
 from .modulebase import ModuleBase
-from .parameter import Parameter, _Variable, can_train
+from .parameter import Parameter, Variable, can_train
 from .paths import get_at, map_variables, update_at, walk
-from .tying import TiedTo
+from .placeholder import Placeholder
 
 __all__ = ["at", "selected_names", "set_trainable"]
 
 T = TypeVar("T")
-_GLOB_CHARS = frozenset("*?[")
 
 
 def selected_names(tree: Any, where: str | Filter) -> list[str]:
     """The names selected by an exact name, a glob or a filter (raises if none)."""
-    if isinstance(where, str) and not (_GLOB_CHARS & set(where)):
+    if isinstance(where, str) and not globs.has_wildcards(where):
         return [where]
     if isinstance(where, str):
-        names = [n for n, _ in walk(tree) if n and glob_matches(where, n)]
+        names = [n for n, _ in walk(tree) if n and globs.matches(where, n)]
         # Keep the outermost matches: setting "blocks.*" should not also visit its insides.
         names = [n for n in names if not any(n.startswith(m + ".") for m in names)]
     else:
@@ -60,16 +59,18 @@ def _assign(old: Any, new: Any, name: str) -> Any:
     # A raw value assigned where a Parameter/Buffer was is a value update: it keeps the flag,
     # the metadata, the shape and the dtype (cast within its kind, as load_state_dict does).
     # None removes it (like PyTorch's ``module.bias = None``); a new Parameter replaces it.
-    if isinstance(old, _Variable) and new is not None and not isinstance(new, _Variable):
+    if isinstance(old, Variable) and new is not None and not isinstance(new, Variable):
         what = f"the value set at {name!r}"
         return old._with_value(convert_value(name, old, new, what=what, hint=_SET_HINT))
     if isinstance(new, (jax.Array, np.ndarray)):
         # A raw array where a tie or a module (a parametrized weight) was would silently drop
         # the tie or the constraint: say what was there and how to do what was meant.
-        if isinstance(old, TiedTo):
+        alias = _alias(name, old)
+        if alias is not None:
             raise TypeError(
-                f"{name!r} is tied to {old.source_name(name)!r}: set the source instead (both "
-                "names follow it), or call jp.untie(model) first to give each name its own array"
+                f"{name!r} is {old.describe(name)} and holds no array of its own: set {alias!r} "
+                f"instead (both names follow it), or set a jp.Parameter at {name!r} to give it "
+                "its own array (jp.untie(model) does that for every tie)"
             )
         if isinstance(old, ModuleBase):
             inner = ", e.g. the raw value at '{name}.original'" if hasattr(old, "original") else ""
@@ -134,19 +135,24 @@ def at(tree: T, where: str | Filter) -> _At[T]:
         model = jp.at(model, "blocks.*.attn").apply(lambda a: a.eval())
         assert not model["blocks"][0]["attn"].training
     """
-    many = not isinstance(where, str) or bool(_GLOB_CHARS & set(where))
+    many = not isinstance(where, str) or globs.has_wildcards(where)
     return _At(tree, selected_names(tree, where), many)
+
+
+def _alias(name: str, node: Any) -> str | None:
+    """The name whose Parameter the placeholder at ``name`` is another name for (a tie)."""
+    return node.alias_of(name) if isinstance(node, Placeholder) else None
 
 
 def _check_unfreezable(patterns: tuple, walked: list, stacked: dict) -> None:
     """Refuses an `unfreeze` glob that selects only integer parameters (they cannot train)."""
     floating = []
     for n, node in walked:
-        if isinstance(node, TiedTo) or (isinstance(node, Parameter) and can_train(node.dtype)):
+        if _alias(n, node) is not None or (isinstance(node, Parameter) and can_train(node.dtype)):
             floating.append(n)
             floating.extend(stacked[n].names if n in stacked else ())
     for p in patterns:
-        if not any(glob_matches(p, n) for n in floating):
+        if not any(globs.matches(p, n) for n in floating):
             raise TypeError(
                 f"unfreeze({p!r}) selects only integer parameters; only floating and complex "
                 "parameters can be trainable (as in PyTorch). Cast them to a floating dtype "
@@ -166,9 +172,9 @@ def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
         if isinstance(node, Parameter):
             names.append(n)
             names.extend(stacked[n].names if n in stacked else ())
-        elif isinstance(node, TiedTo):
+        elif (alias := _alias(n, node)) is not None:
             names.append(n)
-            aliases.setdefault(node.source_name(n), []).append(n)
+            aliases.setdefault(alias, []).append(n)
     for p in patterns:
         if not isinstance(p, str):
             raise TypeError(f"freeze/unfreeze take name globs (strings), got {p!r}")
@@ -183,7 +189,7 @@ def set_trainable(tree: T, flag: bool, patterns: Iterable[str]) -> T:
         if layers is None and x.trainable == flag:
             return x
         known = (name, *aliases.get(name, ()))
-        if patterns and not any(glob_matches(p, n) for p in patterns for n in known):
+        if patterns and not any(globs.matches(p, n) for p in patterns for n in known):
             # a stacked parameter: only the layers whose per-layer names match
             return x if layers is None else set_layer_flags(x, layers, flag, patterns)
         if layers is not None:  # all its layers

@@ -28,7 +28,7 @@ from typing import Any
 import jax
 
 from .filters import trainable
-from .parameter import _Variable
+from .parameter import Variable
 from .partition import Hole, merge, split
 
 __all__ = ["grad", "value_and_grad"]
@@ -64,7 +64,7 @@ def model_shaped(values: dict[str, Any], rest: Any) -> Any:
     def visit(x: Any) -> Any:
         return x.fill(values[x.name]) if isinstance(x, Hole) else None
 
-    return jax.tree_util.tree_map(visit, rest, is_leaf=lambda x: isinstance(x, (Hole, _Variable)))
+    return jax.tree_util.tree_map(visit, rest, is_leaf=lambda x: isinstance(x, (Hole, Variable)))
 
 
 def grad(fn: Callable[..., Any], has_aux: bool = False) -> Callable[..., Any]:

@@ -1,62 +1,17 @@
 """Tied weights: one parameter under two names, PyTorch's ``decoder.weight = embed.weight``.
 
-``jp.tie(model, "decoder.weight", "embed.weight")`` declares that the target name is the
-source parameter (``transpose=True``: its transpose). A pytree has no sharing, so the same
-`Parameter` placed at two attributes would become two leaves under ``jax.jit`` and drift apart
-after one optimizer step. Instead the target holds a `TiedTo` placeholder: a pytree node
-without children whose static part records the source's name, so the tie survives every
-flatten and unflatten and the model has one leaf for the shared array::
-
-    class LM(jp.Module):
-        embed: nn.Embedding
-        decoder: nn.Linear
-
-        def __init__(self, *, key):
-            k1, k2 = jax.random.split(key)
-            self.embed = nn.Embedding(10, 4, key=k1)
-            self.decoder = nn.Linear(4, 10, bias=False, key=k2)
-
-        def __call__(self, ids):
-            return self.decoder(self.embed(ids))
-
-    key, ids = jax.random.key(0), jnp.array([1, 2, 3])
-    loss_fn = lambda model, ids: jnp.mean(model(ids) ** 2)
-
-    model = jp.tie(LM(key=key), "decoder.weight", "embed.weight")
-    assert [n for n, _ in model.named_parameters()] == ["embed.weight"]     # once
-    assert list(model.state_dict()) == ["embed.weight", "decoder.weight"]   # as PyTorch lists
-    loss, grads = jax.jit(jp.value_and_grad(loss_fn))(model, ids)   # both uses summed into one
-
-The rules, all following from "two names, one parameter":
-
-- Everything that lists *parameters* sees it once, under the source name: ``named_parameters``,
-  ``num_parameters``, `jp.split`, `jp.grad`, `jp.Optimizer` (one array, one optimizer state),
-  optimizer masks and labels, `jp.stats`. The two names stay equal after any number of updates
-  because there is only one array to update.
-- `state_dict` lists both names (the target's value is the source's, transposed if declared),
-  so a PyTorch model with the same tie loads the file with a strict ``load_state_dict``.
-  `load_state_dict` and `jp.load` accept both names (they must agree, else the error names both),
-  the source alone, or the target alone.
-- Ties never chain: a source that is itself tied is followed to its own source, and names tied
-  to a new target are re-pointed with it; a tie that would close a cycle is refused (see `tie`).
-- ``freeze``/``unfreeze`` globs match either name: freezing ``"decoder.weight"`` or
-  ``"decoder"`` freezes the one shared parameter, so both uses, as in PyTorch where both
-  attributes hold the same tensor.
-
-When the model runs: `tie` returns the model as an instance of a subclass of its class whose
-``__call__`` first puts the source's value (transposed if declared) in place of each
-placeholder, then runs your ``__call__``. User code stays unchanged (``model(x)`` inside a loss,
-a jitted step, ``nn.stateful_call``), gradients flow from both uses into the one source leaf,
-and models without ties are untouched: their class, their flatten and their calls are what they
-were. Other methods (``model.encode(x)``) run on ``jp.untie(model)``, which returns the plain
-model with each tied name holding its own copy; a placeholder used as an array raises an error
-that says so.
+A pytree has no sharing: the same `Parameter` at two attributes would become two leaves under
+``jax.jit`` and drift apart after one update. `tie` instead puts a `TiedTo` placeholder at the
+target (a childless pytree node whose static part names the source), so the model has one leaf
+for the shared array: parameters, gradients and optimizers see it once, under the source name,
+while `state_dict` lists both names as PyTorch does. The tied model's ``__call__`` fills the
+placeholders in first; other methods run on `untie`'s plain copy. The guide is
+``docs/guides/tied-weights.md``.
 """
 
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -66,7 +21,7 @@ import numpy as np
 
 from .conversion import convert_or_report
 from .modulebase import ModuleBase
-from .parameter import Parameter, _Variable, dtype_shape
+from .parameter import Parameter, Variable, dtype_shape
 from .paths import join, map_modules, update_at, walk
 from .placeholder import Placeholder
 
@@ -125,7 +80,27 @@ class TiedTo(Placeholder):
     def stands_for(self, name: str, params: Mapping[str, Any]) -> Parameter | None:
         """The `Placeholder` protocol: the source's Parameter (transposed if declared)."""
         source = params.get(self.source_name(name))
-        return None if source is None else self.resolve(source)
+        return self.resolve(source) if isinstance(source, Parameter) else None
+
+    def alias_of(self, name: str) -> str:
+        """The `Placeholder` protocol: a tied name is another name for its source."""
+        return self.source_name(name)
+
+    def describe(self, name: str) -> str:
+        """The `Placeholder` protocol: ``tied to source`` (``source.T`` when transposed)."""
+        return f"tied to {_shown(self.source_name(name), self.aux[2])}"
+
+    @classmethod
+    def prepare_load(
+        cls,
+        expected: Mapping[str, Any],
+        placeholders: Mapping[str, Any],
+        state: Any,
+        errors: list[str],
+    ) -> Any:
+        """The `Placeholder` protocol: a tied name's entry loads its source (see `load_tied`)."""
+        tied = {n: (node.source_name(n), node.transpose) for n, node in placeholders.items()}
+        return load_tied(expected, tied, state, errors)
 
     def _unresolved(self) -> str:
         t = ".T" if self.aux[2] else ""
@@ -204,25 +179,6 @@ def _base(node: Any) -> Any:
 
 
 # -- resolution --------------------------------------------------------------------------------
-
-
-def resolve_entries(entries: Mapping[str, Any]) -> OrderedDict[str, Any]:
-    """``{name: Parameter | Buffer | TiedTo}`` with each placeholder replaced by its Parameter.
-
-    For `state_dict` and `summary`: a placeholder whose source is not among ``entries`` (a
-    gradient tree where the source is frozen, the rest of `jp.split`) is left out.
-    """
-    if not any(isinstance(node, TiedTo) for node in entries.values()):
-        return entries if isinstance(entries, OrderedDict) else OrderedDict(entries)
-    out: OrderedDict[str, Any] = OrderedDict()
-    for name, node in entries.items():
-        if isinstance(node, TiedTo):
-            source = entries.get(node.source_name(name))
-            if isinstance(source, Parameter):
-                out[name] = node.resolve(source)
-        else:
-            out[name] = node
-    return out
 
 
 def _concrete(x: Any) -> bool:
@@ -313,7 +269,7 @@ def _placeholders(tree: Any) -> tuple[list[tuple[str, TiedTo]], dict[str, Any]]:
     for name, node in walk(tree, placeholders=True):
         if isinstance(node, TiedTo):
             found.append((name, node))
-        elif isinstance(node, _Variable):
+        elif isinstance(node, Variable):
             variables[name] = node
     return found, variables
 
@@ -384,8 +340,8 @@ def tie(tree: T, target: str, source: str, *, transpose: bool = False) -> T:
     ``transpose=True`` ties a 2-D target to the source's transpose (an autoencoder's decoder to
     its encoder). Both must be Parameters of the same dtype and matching shapes; the target's
     own value, flag and metadata are dropped, as when PyTorch assigns
-    ``decoder.weight = embed.weight``. See the module docstring for what a tie means for names,
-    gradients, optimizers, files and freezing::
+    ``decoder.weight = embed.weight``. See ``docs/guides/tied-weights.md`` for what a tie means
+    for names, gradients, optimizers, files and freezing::
 
         model = nn.ModuleDict({
             "embed": nn.Embedding(10, 4, key=jax.random.key(0)),
@@ -415,7 +371,7 @@ def tie(tree: T, target: str, source: str, *, transpose: bool = False) -> T:
     nodes = {
         name: node
         for name, node in walk(tree, placeholders=True)
-        if isinstance(node, (_Variable, TiedTo))
+        if isinstance(node, (Variable, TiedTo))
     }
     source, transpose = _follow(nodes, target, source, transpose)
     tgt = nodes.get(target)

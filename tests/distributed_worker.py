@@ -70,10 +70,12 @@ def run(process_id: int) -> None:
     rules = {"batch": "data"}
     init = lambda k: build(k)
     abstract = jax.eval_shape(init, jax.random.key(0))
-    model_sh = jp.shardings(abstract, mesh, rules)
+    model_sh = jp.sharding.named_shardings(abstract, mesh, rules)
     model = jax.jit(init, out_shardings=model_sh)(jax.random.key(0))
     opt_init = lambda m: jp.Optimizer(TX, m)
-    opt_sh = jp.shardings(jax.eval_shape(opt_init, abstract), mesh, rules, model=abstract)
+    opt_sh = jp.sharding.named_shardings(
+        jax.eval_shape(opt_init, abstract), mesh, rules, model=abstract
+    )
     opt = jax.jit(opt_init, out_shardings=opt_sh)(model)
 
     x, y = batch()

@@ -162,8 +162,8 @@ def run(strategy, ref_init, ref_model, ref_losses):
     shape, names, rules = STRATEGIES[strategy]
     mesh = jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
     abstract, abstract_opt = jax.eval_shape(init_both, KEY)  # no memory anywhere
-    model_sh = jp.shardings(abstract, mesh, rules)
-    opt_sh = jp.shardings(abstract_opt, mesh, rules, model=abstract)
+    model_sh = jp.sharding.named_shardings(abstract, mesh, rules)
+    opt_sh = jp.sharding.named_shardings(abstract_opt, mesh, rules, model=abstract)
     # Initialised straight into the shards: no device ever holds a whole sharded array.
     model, opt = jax.jit(init_both, out_shardings=(model_sh, opt_sh))(KEY)
     check_carries(model, model_sh, f"{strategy} init")
@@ -208,13 +208,15 @@ def plain_optax_state():
     """Plain optax over jp.split dicts: state follows the parameter too."""
     shape, names, rules = STRATEGIES["fsdp_tp"]
     mesh = jax.make_mesh(shape, names, axis_types=(AxisType.Auto,) * len(names))
-    model = jp.shard(init_model(KEY), mesh, rules)
+    model = jp.sharding.shard(init_model(KEY), mesh, rules)
     params, rest = jp.split(model, jp.trainable)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
-    state_sh = jp.shardings(jax.eval_shape(tx.init, params), mesh, rules, model=model)
+    state_sh = jp.sharding.named_shardings(
+        jax.eval_shape(tx.init, params), mesh, rules, model=model
+    )
     state = jax.jit(tx.init, out_shardings=state_sh)(params)
     check_carries(state, state_sh, "plain optax state")
-    params_sh, rest_sh = jp.split(jp.shardings(model, mesh, rules), jp.trainable)
+    params_sh, rest_sh = jp.split(jp.sharding.named_shardings(model, mesh, rules), jp.trainable)
     check_carries(params, params_sh, "split params")
     check_carries(rest, rest_sh, "split rest")
     return {"state": specs_of(state), "params": specs_of(params_sh)}
@@ -235,19 +237,21 @@ def errors():
 
     odd = jp.at(model, "head").set(nn.Linear(DIM, 6, key=KEY))  # 6 rows over 4 devices
     tp = {"out": "tensor", "mlp": None}
-    out["indivisible"] = message(lambda: jp.shardings(odd, mesh, tp))
+    out["indivisible"] = message(lambda: jp.sharding.named_shardings(odd, mesh, tp))
     out["indivisible_abstract"] = message(
-        lambda: jp.shardings(jax.eval_shape(lambda: odd), mesh, tp)
+        lambda: jp.sharding.named_shardings(jax.eval_shape(lambda: odd), mesh, tp)
     )
-    out["unknown"] = message(lambda: jp.shardings(model, mesh, {"batch": "fsdp"}))  # no "mlp"
+    out["unknown"] = message(
+        lambda: jp.sharding.named_shardings(model, mesh, {"batch": "fsdp"})
+    )  # no "mlp"
     out["missing_mesh_axis"] = message(
-        lambda: jp.shardings(model, mesh, {"mlp": "data", "embed": "fsdp"})
+        lambda: jp.sharding.named_shardings(model, mesh, {"mlp": "data", "embed": "fsdp"})
     )
     out["same_mesh_axis_twice"] = message(
-        lambda: jp.shardings(model, mesh, {"mlp": "tensor", "embed": "tensor"})
+        lambda: jp.sharding.named_shardings(model, mesh, {"mlp": "tensor", "embed": "tensor"})
     )
     out["optimizer_without_model"] = message(
-        lambda: jp.shardings(jp.Optimizer(TX, model), mesh, {"mlp": None})
+        lambda: jp.sharding.named_shardings(jp.Optimizer(TX, model), mesh, {"mlp": None})
     )
     with jp.sharding.use(mesh, {"batch": "tensor"}):
         out["constrain_indivisible"] = message(

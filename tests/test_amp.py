@@ -1,5 +1,7 @@
 """jp.amp: dtype policies, float32 master weights and gradients, dynamic loss scaling."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -87,10 +89,18 @@ def test_policy_parse_errors(spec, error, match):
         jp.amp.Policy.parse(spec)
 
 
-def test_policy_is_immutable():
-    p = jp.amp.Policy()
-    with pytest.raises(AttributeError, match="immutable"):
-        p.compute = BF16
+def test_policy_is_a_frozen_dataclass():
+    p = jp.amp.Policy(compute="bf16")
+    assert dataclasses.is_dataclass(p)
+    assert [f.name for f in dataclasses.fields(p)] == ["param", "compute", "output"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.compute = F16
+    assert p.compute == BF16
+    # dataclasses.replace re-reads the changed field like the constructor does
+    assert dataclasses.replace(p, output="half") == jp.amp.Policy(compute=BF16, output=F16)
+    assert (
+        jax.jit(lambda x, p: p.cast_to_compute(x), static_argnums=1)(jnp.ones(2), p).dtype == BF16
+    )
 
 
 def test_cast_rule_parameters_and_plain_arrays_cast_buffers_and_integers_kept():
@@ -98,6 +108,7 @@ def test_cast_rule_parameters_and_plain_arrays_cast_buffers_and_integers_kept():
     assert m.w.dtype == BF16 and m.w.trainable and m.w.metadata == {"axes": ("in", "out")}
     assert m.frozen.dtype == BF16 and not m.frozen.trainable
     assert m.stats.dtype == F32  # buffers (BatchNorm statistics) stay in their dtype
+    chex.assert_trees_all_equal(m, jp.astype(Mixed(), BF16, include_buffers=False))
     assert m.steps.dtype == jnp.int32 and m.ids.dtype == jnp.int32
     assert m.table.dtype == BF16
     chex.assert_trees_all_equal(m.w.value, jnp.full((3, 2), 1.5, BF16))
@@ -265,7 +276,79 @@ def test_scale_static_settings_survive_jit():
         2.0,
     )
     names = [jp.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(s)[0]]
-    assert names == ["loss_scale", "counter"]
+    assert names == ["loss_scale.value", "counter.value"]  # two Buffers, the only leaves
+
+
+def test_loss_scale_is_a_module_that_walks_and_saves_its_buffers():
+    s = jp.amp.DynamicLossScale(64.0, growth_interval=3).adjust(jnp.asarray(True))
+    assert isinstance(s, jp.Module)
+    assert [n for n, _ in jp.named_buffers(s)] == ["loss_scale", "counter"]
+    assert list(jp.named_parameters(s)) == []
+    state = s.state_dict()
+    assert list(state) == ["loss_scale", "counter"]
+    assert (float(state["loss_scale"]), int(state["counter"])) == (64.0, 1)
+    resumed = jp.amp.DynamicLossScale(64.0, growth_interval=3).load_state_dict(state)
+    chex.assert_trees_all_equal(resumed, s)
+    # two more finite steps reach the interval: the resumed count carries on
+    resumed = resumed.adjust(jnp.asarray(True)).adjust(jnp.asarray(True))
+    assert (float(resumed.loss_scale), int(resumed.counter)) == (128.0, 0)
+    # the settings are static fields: part of the treedef, not arrays
+    assert jax.tree.structure(s) != jax.tree.structure(jp.amp.DynamicLossScale(growth_interval=4))
+    assert jax.tree.structure(s) == jax.tree.structure(resumed)
+
+
+def test_loss_scale_is_never_trained():
+    model = {"reg": Reg(), "scaler": jp.amp.DynamicLossScale(8.0)}
+    grads = jp.grad(lambda m: m["scaler"].scale(tiny_loss(m["reg"], REG_X, REG_Y)))(model)
+    assert grads["scaler"].loss_scale is None and grads["scaler"].counter is None
+    assert grads["reg"].w.shape == (8,)
+
+
+def test_jitted_step_keeps_one_trace_as_the_scale_changes():
+    traces = []
+    policy = jp.amp.Policy(compute="float16")
+
+    @jax.jit
+    def step(model, opt, scaler, x):
+        traces.append(1)
+        _, grads, scaler, finite = jp.amp.value_and_grad(tiny_loss, policy, scaler)(model, x, REG_Y)
+        model, opt = jp.amp.update_if_finite(opt, model, grads, finite)
+        return model, opt, scaler
+
+    model = Reg()
+    opt, scaler = jp.Optimizer(optax.sgd(0.1), model), jp.amp.DynamicLossScale(growth_interval=2)
+    scales = []
+    for x in [REG_X, REG_X, REG_X.at[0, 0].set(jnp.nan), REG_X, REG_X]:
+        model, opt, scaler = step(model, opt, scaler, x)
+        scales.append(float(scaler.loss_scale))
+    # 2**16 overflows float16: backoff, a growth after 2 finite steps, a NaN batch, then growth
+    assert scales == [2.0**15, 2.0**15, 2.0**14, 2.0**14, 2.0**15]
+    assert len(traces) == 1
+    assert isinstance(scaler, jp.amp.DynamicLossScale) and scaler.growth_interval == 2
+
+
+def test_update_if_finite_and_adjust_take_a_first_nonfinite_report():
+    model = Reg()
+    opt = jp.Optimizer(optax.sgd(0.1), model)
+
+    @jax.jit
+    def step(model, opt, scaler, x):
+        grads = jp.grad(tiny_loss)(model, x, REG_Y)
+        report = jp.first_nonfinite(grads)
+        model, opt = jp.amp.update_if_finite(opt, model, grads, report)
+        return model, opt, scaler.adjust(report), report
+
+    scaler = jp.amp.DynamicLossScale(8.0)
+    model1, opt1, scaler1, report = step(model, opt, scaler, REG_X)
+    assert report.message() is None and int(scaler1.counter) == 1
+    assert not np.array_equal(model1.w.value, model.w.value)
+    model2, opt2, scaler2, report = step(model1, opt1, scaler1, REG_X.at[0, 0].set(jnp.inf))
+    assert report.message().startswith("gradients: 'w' has ")
+    chex.assert_trees_all_equal((model2, opt2), (model1, opt1))
+    assert float(scaler2.loss_scale) == 4.0
+    want = r"^update_if_finite expects a scalar bool array or a jp.first_nonfinite report, got f"
+    with pytest.raises(TypeError, match=want):
+        jp.amp.update_if_finite(opt, model, None, jnp.float32(1.0))
 
 
 def test_scale_and_unscale():
@@ -346,17 +429,19 @@ def test_same_scale_sequence_as_torch_grad_scaler():
         scaler.step(opt)
         scaler.update()
         grads = ours.unscale({"p": jnp.full(2, 1.0 if ok else jnp.inf) * ours.loss_scale})
-        ours = ours.adjust(jp.amp.all_finite(grads))
+        ours = ours.adjust(jp.first_nonfinite(grads).finite)
         assert float(ours.loss_scale) == scaler.get_scale()
 
 
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def test_all_finite_and_select_tree():
-    assert bool(jp.amp.all_finite({"a": jnp.ones(2), "n": jnp.arange(2), "none": None}))
-    assert not bool(jp.amp.all_finite([jnp.ones(2), jnp.array([1.0, jnp.nan])]))
-    assert bool(jp.amp.all_finite({"ints": jnp.arange(2)}))
+def test_all_finite_is_gone_first_nonfinite_answers():
+    assert not hasattr(jp.amp, "all_finite")
+    assert "all_finite" not in jp.amp.__all__
+
+
+def test_select_tree():
     a, b = {"x": jnp.ones(2), "n": jnp.arange(2)}, {"x": jnp.zeros(2), "n": jnp.arange(2) + 5}
     chex.assert_trees_all_equal(jp.amp.select_tree(jnp.asarray(False), a, b), b)
     chex.assert_trees_all_equal(jp.amp.select_tree(jnp.asarray(True), a, b), a)

@@ -210,7 +210,7 @@ def test_sharding_bytes_per_device_are_what_the_specs_say(tmp_path):
     # The same model's specs, computed here on one device (mesh axes of size 1).
     abstract = jax.eval_shape(lambda k: LM(64, 16, 1, 2, 8, key=k), jax.random.key(0))
     mesh = jax.make_mesh((1, 1, 1), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
-    specs = jp.shardings(abstract, mesh, RULES).state_dict()
+    specs = jp.sharding.named_shardings(abstract, mesh, RULES).state_dict()
     arrays = abstract.state_dict()
     total = sum(math.prod(a.shape) * 4 for a in arrays.values())
     for name, r in results.items():

@@ -9,13 +9,26 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_ci_runs_the_readme_test_command():
+def readme_test_command() -> str:
     readme = (ROOT / "README.md").read_text()
-    test_command = re.search(r"```bash\n(.*?)```", readme, flags=re.S).group(1).splitlines()[1]
+    return re.search(r"```bash\n(.*?)```", readme, flags=re.S).group(1).splitlines()[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    test_command = readme_test_command()
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci
     # the conformance zoo runs in CI: its extra is installed, so its tests are never skipped
     assert ",conformance]" in test_command
+
+
+def test_ci_builds_the_documentation_site():
+    """The test extra holds the site's tools, so tests/test_docs.py builds the site in CI."""
+    assert '".[test,' in readme_test_command()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    test_extra = re.search(r"^test = \[\n(.*?)^\]", pyproject, flags=re.S | re.M).group(1)
+    for tool in ("mkdocs-material", "mkdocstrings-python"):
+        assert f'"{tool}>=' in test_extra, f"the test extra does not install {tool}"
 
 
 SLOW_AND_FAST = """

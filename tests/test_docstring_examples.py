@@ -36,8 +36,9 @@ from jparam import nn
 """
 
 # The number of examples in jparam's docstrings when this test was written: a collector that
-# finds fewer is broken (raise the number when examples are added).
-MIN_EXAMPLES = 66
+# finds fewer is broken (raise the number when examples are added; the module guides moved to
+# docs/guides/ and docs/howto/, whose examples tests/test_docs.py runs).
+MIN_EXAMPLES = 50
 
 _DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 

@@ -71,6 +71,13 @@ def test_string_globs():
     assert selected("nothing*") == []
 
 
+def test_string_globs_take_fnmatch_question_marks_sets_and_double_stars():
+    assert selected("head.?ias") == ["head.bias"]
+    assert selected("encoder.[fn]*.weight") == ["encoder.fc.weight", "encoder.norm.weight"]
+    assert selected("encoder.[!f]*.bias") == ["encoder.norm.bias"]
+    assert selected("**.bias") == selected("*.bias")  # a run of stars is one wildcard
+
+
 def test_glob_matches_a_whole_subtree():
     assert selected("encoder") == sorted(
         [n for n in ALL_PARAMS if n.startswith("encoder")]

@@ -161,7 +161,7 @@ GPT2_MAPPING = jp.Mapping(
         jp.mapping.rename(
             r"h\.(\d+)\.attn\.c_proj\.(weight|bias)", r"h.\1.attn.proj.\2", regex=True
         ),
-        jp.mapping.rename("h.**", "blocks.**"),
+        jp.mapping.rename("h.*", "blocks.*"),
     ]
 )
 
@@ -331,9 +331,9 @@ def _torch_parametrized(kind: str, shape: tuple[int, int]):
 
 
 PARAMETRIZED = {  # kind: (shape, jparam constraint)
-    "weight_norm": ((3, 4), lambda: jp.constraints.weight_norm(dim=0)),
-    "orthogonal": ((4, 4), lambda: jp.constraints.orthogonal()),
-    "spectral_norm": ((3, 4), lambda: jp.constraints.spectral_norm(key=jax.random.key(3))),
+    "weight_norm": ((3, 4), lambda: jp.parametrizations.weight_norm(dim=0)),
+    "orthogonal": ((4, 4), lambda: jp.parametrizations.orthogonal()),
+    "spectral_norm": ((3, 4), lambda: jp.parametrizations.spectral_norm(key=jax.random.key(3))),
 }
 
 
@@ -366,7 +366,7 @@ def test_torch_parametrization_names_in_a_submodule_and_via_jp_load(tmp_path):
     safetensors_torch.save_file(t.state_dict(), str(path))
     keys = jax.random.split(jax.random.key(0), 2)
     model = nn.Sequential(nn.Linear(3, 4, key=keys[0]), nn.Linear(4, 2, key=keys[1]))
-    model = jp.parametrize(model, "1.weight", jp.constraints.weight_norm())
+    model = jp.parametrize(model, "1.weight", jp.parametrizations.weight_norm())
     loaded = jp.load(path, model)
     x = np.random.default_rng(2).normal(size=(2, 3)).astype(np.float32)
     chex.assert_trees_all_close(np.asarray(loaded(x)), _torch_out(t, x), rtol=1e-5, atol=1e-5)
@@ -385,3 +385,25 @@ def test_a_regex_beyond_literals_and_groups_loads_but_cannot_be_inverted():
     assert list(m({"encoder.w": 1, "other": 2})) == ["body.w", "other"]
     with pytest.raises(MappingError, match="cannot be inverted.*write the inverse rule"):
         m.inverse()
+
+
+def test_a_glob_star_matches_across_dots_as_in_filters():
+    state = {"encoder.layer.0.weight": 1, "encoder.norm.bias": 2, "decoder.w": 3}
+    m = jp.Mapping([jp.mapping.rename("encoder.*", "enc.*")])
+    assert list(m(state)) == ["enc.layer.0.weight", "enc.norm.bias", "decoder.w"]
+    assert list(m.inverse()(m(state))) == list(state)
+    # literal text anchors each capture: the first * stops at the first ".attn."
+    m = jp.mapping.rename("*.attn.*", "*.attention.*")
+    assert list(m({"h.0.attn.q.attn.w": 1})) == ["h.0.attention.q.attn.w"]
+
+
+def test_glob_question_marks_and_sets_match_names_but_make_none():
+    state = {f"h.{i}.w": np.ones((1, 2)) for i in (0, 1, 2, 10)}
+    out = jp.mapping.transpose("h.[01].w")(state)
+    assert [v.shape for v in out.values()] == [(2, 1), (2, 1), (1, 2), (1, 2)]
+    m = jp.Mapping([jp.mapping.rename("h.?.*", "one.*")])  # ? is one character: not h.10
+    assert list(m({"h.0.w": 1, "h.10.w": 2})) == ["one.w", "h.10.w"]
+    with pytest.raises(MappingError, match="cannot be inverted: .* glob with \\?/\\[...\\]"):
+        m.inverse()
+    with pytest.raises(MappingError, match=r"target 'one\.\?\.\*' has a glob \?/\[...\]"):
+        jp.mapping.rename("h.?.*", "one.?.*")

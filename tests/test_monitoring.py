@@ -223,6 +223,22 @@ def test_first_nonfinite_from_a_jitted_train_step():
         jp.check_finite(report)
 
 
+def test_nonfinite_finite_is_a_scalar_bool_inside_jit_with_no_host_sync():
+    clean, poisoned = make_net(), poisoned_net()
+    finite = jax.jit(lambda t: jp.first_nonfinite(t).finite)
+    for tree, want in [(clean, True), (poisoned, False), ({"ints": jnp.arange(2)}, True)]:
+        out = finite(tree)
+        assert out.shape == () and out.dtype == jnp.bool_ and bool(out) is want
+    jaxpr = str(jax.make_jaxpr(lambda t: jp.first_nonfinite(t).finite)(poisoned))
+    assert "callback" not in jaxpr and "debug" not in jaxpr
+    # a report returned from jit answers too, and skips nothing it should not
+    assert not bool(jax.jit(jp.first_nonfinite)(poisoned).finite)
+    x = jnp.array([1.0, jnp.inf, 2.0])
+    step = jax.jit(lambda x: jnp.where(jp.first_nonfinite({"x": x}).finite, x * 2, x))
+    chex.assert_trees_all_equal(step(x), x)
+    chex.assert_trees_all_equal(step(jnp.ones(3)), jnp.full(3, 2.0))
+
+
 def test_empty_arrays():
     out = jp.stats({"e": jnp.zeros((0, 3)), "f": jnp.ones(2)})
     e = out["e"]
@@ -321,4 +337,4 @@ def test_stats_of_a_stacked_model_are_per_layer_like_the_unrolled_model():
     jitted = jax.jit(jp.stats)(stacked)
     assert list(jitted) == list(ss)
     # what the TensorBoard logger pairs with these statistics, row by row
-    assert [n for n, _ in jp.monitoring._named_arrays(stacked, False)] == list(ss)
+    assert [n for n, _ in jp.monitoring.named_arrays(stacked, False)] == list(ss)

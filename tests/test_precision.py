@@ -73,10 +73,31 @@ def test_astype_to_the_same_dtype_keeps_objects():
 
 def test_astype_refuses_non_floating_dtypes():
     m = Model()
-    with pytest.raises(TypeError, match="expects a floating dtype, got int32"):
+    with pytest.raises(TypeError, match="dtype must be a floating dtype, got int32: only float"):
         m.astype(jnp.int32)
-    with pytest.raises(TypeError, match="expects a floating dtype"):
-        m.astype("not-a-dtype")
+    with pytest.raises(TypeError, match="dtype must be a floating dtype, got 'not-a-dtype'"):
+        jp.astype(m, "not-a-dtype", include_buffers=False)
+
+
+def test_include_buffers_false_keeps_batchnorm_statistics_in_float32():
+    net = jp.nn.Sequential(jp.nn.Linear(3, 4, key=jax.random.key(0)), jp.nn.BatchNorm1d(4))
+    kept = jp.astype(net, jnp.bfloat16, include_buffers=False)
+    assert kept[0].weight.dtype == kept[1].weight.dtype == jnp.bfloat16
+    assert kept[1].running_mean is net[1].running_mean  # the very same Buffer objects
+    assert kept[1].running_var.dtype == jnp.float32
+    assert kept[1].num_batches_tracked.dtype == jnp.int32
+    cast = jp.astype(net, jnp.bfloat16)  # the default casts floating buffers too, as .half()
+    assert cast[1].running_mean.dtype == cast[1].running_var.dtype == jnp.bfloat16
+    assert cast[1].num_batches_tracked.dtype == jnp.int32
+    assert jax.tree.structure(net.half()) == jax.tree.structure(cast)
+    # plain arrays and frozen parameters are cast either way; inside jit too
+    out = jax.jit(lambda t: jp.astype(t, jnp.float16, include_buffers=False))(Model())
+    assert _dtypes(out) == {
+        **_dtypes(Model()),
+        "w": jnp.float16,
+        "frozen": jnp.float16,
+        "plain": jnp.float16,
+    }
 
 
 def test_double_raises_unless_x64():

@@ -440,10 +440,12 @@ def test_library_layers_hold_no_plain_arrays():
             nn.Dropout(0.1),
             nn.Sequential(nn.Linear(2, 2, key=k[0]), nn.ReLU()),
             nn.Stacked(lambda kk: nn.Linear(2, 2, key=kk), 3, key=k[1]),
-            jp.parametrize(jp.Parameter(jnp.ones((3, 3))), jp.constraints.spectral_norm(key=k[2])),
+            jp.parametrize(
+                jp.Parameter(jnp.ones((3, 3))), jp.parametrizations.spectral_norm(key=k[2])
+            ),
             jp.parametrize(
                 jp.Parameter(jnp.ones((3, 3))),
-                jp.constraints.spectral_norm(key=jax.random.PRNGKey(0)),
+                jp.parametrizations.spectral_norm(key=jax.random.PRNGKey(0)),
             ),
         ]
     assert len(layers) == 11

@@ -1,4 +1,5 @@
-"""jp.sharding: logical axes on Parameters, rules, shardings for jit, constrain, optimizer state.
+"""jp.sharding: logical axes on Parameters, rules, named_shardings for jit, constrain, optimizer
+state.
 
 What needs several devices runs in subprocesses, so the device-count flag never leaks into the
 rest of the suite: tests/sharding_worker.py (8 simulated CPU devices: every strategy against a
@@ -186,7 +187,7 @@ def test_every_default_name_is_standard():
     )
     used = {a for axes in axes_of(model).values() for a in axes if a is not None}
     assert used <= jp.sharding.STANDARD_NAMES
-    jp.shardings(model, mesh1("x"), {})  # no rules needed: every name is known
+    jp.sharding.named_shardings(model, mesh1("x"), {})  # no rules needed: every name is known
 
 
 def test_stacked_layer_axis_is_replicated_unless_the_rules_map_it():
@@ -195,9 +196,9 @@ def test_stacked_layer_axis_is_replicated_unless_the_rules_map_it():
     stacked = nn.Stacked(lambda k: nn.Linear(4, 6, key=k), 3, key=KEY)
     assert axes_of(stacked.layers) == {"weight": ("layers", "out", "in"), "bias": ("layers", "out")}
     mesh = mesh1("stage", "tensor")
-    sh = jp.shardings(stacked, mesh, {"out": "tensor"})
+    sh = jp.sharding.named_shardings(stacked, mesh, {"out": "tensor"})
     assert sh.layers.weight.spec == P(None, "tensor") and sh.layers.bias.spec == P(None, "tensor")
-    sh = jp.shardings(stacked, mesh, {"out": "tensor", "layers": "stage"})
+    sh = jp.sharding.named_shardings(stacked, mesh, {"out": "tensor", "layers": "stage"})
     assert sh.layers.weight.spec == P("stage", "tensor")
 
 
@@ -234,13 +235,21 @@ def test_annotate_errors_name_the_parameter():
         jp.sharding.annotate(lin, {"weight": "out"})
 
 
-# -- shardings and shard on one device -----------------------------------------------------------
+# -- named_shardings and shard on one device -----------------------------------------------------
 
 
-def test_shardings_mirror_the_tree_and_follow_the_rules():
+def test_one_spelling_each_under_jp_sharding():
+    assert callable(jp.sharding.named_shardings) and callable(jp.sharding.shard)
+    for old in ("shard", "shardings"):  # top-level near-homonyms of jp.sharding are gone
+        assert not hasattr(jp, old) and old not in jp.__all__
+    assert not hasattr(jp.sharding, "shardings")
+    assert not hasattr(jp, "sharded") and jp.save_sharded.__module__ == "jparam.sharded_checkpoint"
+
+
+def test_named_shardings_mirror_the_tree_and_follow_the_rules():
     model = Net(key=KEY)
     mesh = mesh1("fsdp", "tensor")
-    sh = jp.shardings(model, mesh, FSDP_TP)
+    sh = jp.sharding.named_shardings(model, mesh, FSDP_TP)
     assert jax.tree.structure(sh) == jax.tree.structure(model)
     specs = {n: s.spec for n, s in sh.state_dict().items()}
     assert specs == {
@@ -264,23 +273,25 @@ def test_shardings_errors_name_the_parameter():
     model = Net(key=KEY)
     mesh = mesh1("fsdp", "tensor")
     with pytest.raises(ValueError, match=r"fc\.weight: unknown logical axis 'ouy'"):
-        jp.shardings(jp.sharding.annotate(model, {"fc.weight": ("ouy", "in")}), mesh, {})
+        jp.sharding.named_shardings(
+            jp.sharding.annotate(model, {"fc.weight": ("ouy", "in")}), mesh, {}
+        )
     bad = jp.at(model, "fc.weight").apply(lambda w: w.replace(axes=("out",)))
     with pytest.raises(ValueError, match=r"fc\.weight: axes \('out',\) name 1 dimension"):
-        jp.shardings(bad, mesh, {})
+        jp.sharding.named_shardings(bad, mesh, {})
     with pytest.raises(ValueError, match=r"embed\.weight: the rules map 'vocab' to mesh axis 'x'"):
-        jp.shardings(model, mesh, {"vocab": "x"})
+        jp.sharding.named_shardings(model, mesh, {"vocab": "x"})
     with pytest.raises(ValueError, match=r"fc\.weight: axes \('out', 'in'\) put mesh axis 'fsdp'"):
-        jp.shardings(model, mesh, {"out": "fsdp", "in": "fsdp"})
+        jp.sharding.named_shardings(model, mesh, {"out": "fsdp", "in": "fsdp"})
     with pytest.raises(ValueError, match="pass model="):
-        jp.shardings(jp.Optimizer(optax.adam(1e-3), model), mesh, {})
+        jp.sharding.named_shardings(jp.Optimizer(optax.adam(1e-3), model), mesh, {})
 
 
 def test_optimizer_state_follows_its_parameter():
     model = Net(key=KEY).freeze("norm")
     mesh = mesh1("fsdp", "tensor")
     opt = jp.Optimizer(optax.adamw(1e-3), model)
-    sh = jp.shardings(opt, mesh, FSDP_TP, model=model)
+    sh = jp.sharding.named_shardings(opt, mesh, FSDP_TP, model=model)
     specs = {jp.path_name(p): s.spec for p, s in jax.tree_util.tree_flatten_with_path(sh)[0]}
     expected = {"scale": P(), "embed.weight": P("tensor", "fsdp")}
     expected |= {"fc.weight": P("tensor", "fsdp"), "fc.bias": P("tensor")}
@@ -298,14 +309,16 @@ def test_plain_optax_state_and_split_dicts_follow_the_model():
     model = Net(key=KEY)
     mesh = mesh1("fsdp", "tensor")
     params, _ = jp.split(model, jp.trainable)
-    want = {n: s.spec for n, s in jp.shardings(model, mesh, FSDP_TP).state_dict().items()}
+    want = {
+        n: s.spec for n, s in jp.sharding.named_shardings(model, mesh, FSDP_TP).state_dict().items()
+    }
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
-    specs = specs_by_path(jp.shardings(tx.init(params), mesh, FSDP_TP, model=model))
+    specs = specs_by_path(jp.sharding.named_shardings(tx.init(params), mesh, FSDP_TP, model=model))
     assert specs.pop("1.0.count") == P()
     assert specs == {f"1.0.{m}.{n}": want[n] for m in ("mu", "nu") for n in params}
-    assert specs_by_path(jp.shardings(params, mesh, FSDP_TP, model=model)) == want
+    assert specs_by_path(jp.sharding.named_shardings(params, mesh, FSDP_TP, model=model)) == want
     # Without model= a name-keyed dict has no axes to follow: replicated.
-    assert jp.shardings(params, mesh, FSDP_TP)["fc.weight"].spec == P()
+    assert jp.sharding.named_shardings(params, mesh, FSDP_TP)["fc.weight"].spec == P()
 
 
 def test_state_of_another_shape_than_its_parameter_is_replicated():
@@ -313,7 +326,7 @@ def test_state_of_another_shape_than_its_parameter_is_replicated():
     params, _ = jp.split(model, jp.trainable)
     tx = optax.adafactor(1e-3, min_dim_size_to_factor=4)  # factors fc.weight (6, 4)
     specs = specs_by_path(
-        jp.shardings(tx.init(params), mesh1("fsdp", "tensor"), FSDP_TP, model=model)
+        jp.sharding.named_shardings(tx.init(params), mesh1("fsdp", "tensor"), FSDP_TP, model=model)
     )
     assert specs["0.v_row.fc.weight"] == specs["0.v_col.fc.weight"] == specs["0.v.fc.weight"] == P()
     assert specs["0.v.fc.bias"] == P("tensor")  # not factored: the bias's own shape
@@ -324,21 +337,21 @@ def test_abstract_model_gives_shardings_and_jit_inits_into_them():
     init = lambda k: Net(key=k)
     abstract = jax.eval_shape(init, KEY)
     assert isinstance(abstract.fc.weight.value, jax.ShapeDtypeStruct)
-    sh = jp.shardings(abstract, mesh, FSDP_TP)
+    sh = jp.sharding.named_shardings(abstract, mesh, FSDP_TP)
     model = jax.jit(init, out_shardings=sh)(KEY)
     for got, want in zip(jax.tree.leaves(model), jax.tree.leaves(sh)):
         assert got.sharding == want
     chex.assert_trees_all_equal(model, Net(key=KEY))
     with pytest.raises(ValueError, match="'embed.weight' is abstract"):
-        jp.shard(abstract, mesh, FSDP_TP)
+        jp.sharding.shard(abstract, mesh, FSDP_TP)
 
 
 def test_shard_places_model_and_optimizer():
     mesh = mesh1("fsdp", "tensor")
-    model = jp.shard(Net(key=KEY), mesh, FSDP_TP)
+    model = jp.sharding.shard(Net(key=KEY), mesh, FSDP_TP)
     assert model.fc.weight.value.sharding == NamedSharding(mesh, P("tensor", "fsdp"))
     assert model.plain.sharding == NamedSharding(mesh, P())
-    opt = jp.shard(jp.Optimizer(optax.adam(1e-3), model), mesh, FSDP_TP, model=model)
+    opt = jp.sharding.shard(jp.Optimizer(optax.adam(1e-3), model), mesh, FSDP_TP, model=model)
     assert opt.state[0].mu["fc.weight"].sharding == model.fc.weight.value.sharding
     assert opt.state[0].count.sharding == NamedSharding(mesh, P())
     chex.assert_trees_all_equal(model, Net(key=KEY))

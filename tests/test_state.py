@@ -196,20 +196,128 @@ def test_strict_raises_one_error_listing_every_problem():
         assert piece in msg
 
 
-def test_non_strict_returns_incompatible_keys():
+def test_load_state_dict_returns_the_tree_whatever_strict_is():
     net = Net()
     state = _np_state(net)
     state = {k: v + 1 if v.dtype == np.float32 else v for k, v in state.items()}
     del state["head.bias"]
     state["extra"] = np.ones(1)
-    new, incompatible = net.load_state_dict(state, strict=False)
+    for new in (net.load_state_dict(state, strict=False), jp.load_state_dict(net, state, False)):
+        assert type(new) is Net
+        chex.assert_trees_all_equal(new.head.bias.value, net.head.bias.value)  # missing: kept
+        chex.assert_trees_all_close(new.head.weight.value, net.head.weight.value + 1)
+    as_dict = {f"n.{k}": v for k, v in _np_state(net).items()}
+    for strict in (True, False):
+        assert type(net.load_state_dict(_np_state(net), strict=strict)) is Net
+        assert type(jp.load_state_dict({"n": net}, as_dict, strict)) is dict
+
+
+def test_incompatible_keys_reports_missing_and_unexpected_as_pytorch_does():
+    net = Net()
+    state = _np_state(net)
+    del state["head.bias"]
+    state["extra"] = np.ones(1)
+    incompatible = jp.incompatible_keys(net, state)
     assert isinstance(incompatible, jp.IncompatibleKeys)
-    assert incompatible.missing_keys == ["head.bias"]
-    assert incompatible.unexpected_keys == ["extra"]
-    chex.assert_trees_all_equal(new.head.bias.value, net.head.bias.value)  # missing: kept
-    chex.assert_trees_all_close(new.head.weight.value, net.head.weight.value + 1)
-    _, nothing = net.load_state_dict(_np_state(net), strict=False)
-    assert nothing == jp.IncompatibleKeys([], [])
+    missing, unexpected = incompatible  # PyTorch's habit, unpacked
+    assert (missing, unexpected) == (["head.bias"], ["extra"])
+    assert jp.incompatible_keys(net, _np_state(net)) == jp.IncompatibleKeys([], [])
+    with pytest.raises(TypeError, match="must map names to arrays"):
+        jp.incompatible_keys(net, [("embed", state["embed"])])
+
+
+def _reported(error: jp.StateDictError, what: str) -> list[str]:
+    return [line.split(": ", 1)[1] for line in str(error).splitlines()[1:] if what in line]
+
+
+def _assert_agrees_with_load(model, state, mapping=None):
+    """`incompatible_keys` names exactly what a strict load reports and a non-strict load skips
+    (every value in ``state`` differs from the model's, so a loaded name changes)."""
+    keys = jp.incompatible_keys(model, state, mapping=mapping)
+    assert keys.missing_keys or keys.unexpected_keys  # each case has something to skip
+    with pytest.raises(jp.StateDictError) as e:
+        jp.load_state_dict(model, state, mapping=mapping)
+    assert _reported(e.value, "missing key: ") == keys.missing_keys
+    assert _reported(e.value, "unexpected key: ") == keys.unexpected_keys
+    new = jp.load_state_dict(model, state, strict=False, mapping=mapping)
+    before, after = jp.state_dict(model), jp.state_dict(new)
+    kept = [n for n in before if np.array_equal(before[n], after[n])]
+    assert sorted(kept) == sorted(keys.missing_keys)
+    return keys
+
+
+def _plus_one(model):
+    """Every value of the model's state changed, in its own dtype."""
+    changed = {k: np.asarray(v) for k, v in jp.state_dict(model).items()}
+    return {k: ~v if v.dtype == bool else v + 1 for k, v in changed.items()}
+
+
+def test_incompatible_keys_agrees_with_load_on_a_plain_model():
+    net = Net()
+    state = _plus_one(net)
+    del state["head.bias"], state["blocks.1.norm.running_var"]
+    state["extra"] = np.ones(1)
+    keys = _assert_agrees_with_load(net, state)
+    assert keys == (["blocks.1.norm.running_var", "head.bias"], ["extra"])
+
+
+def test_incompatible_keys_agrees_with_load_through_ties():
+    tied = jp.tie({"a": Linear(2, 2), "b": Linear(2, 2)}, "b.weight", "a.weight")
+    state = _plus_one(tied)
+    alone = {"b.weight": state["b.weight"], "a.bias": state["a.bias"]}  # the tied name alone
+    assert _assert_agrees_with_load(tied, alone) == (["b.bias"], [])
+    neither = {"a.bias": state["a.bias"], "c": np.ones(1)}
+    assert _assert_agrees_with_load(tied, neither) == (["a.weight", "b.bias", "b.weight"], ["c"])
+
+
+def test_incompatible_keys_agrees_with_load_through_a_mapping():
+    net = Net()
+    state = {f"module.{k}": v for k, v in _plus_one(net).items() if k != "embed"}
+    mapping = [jp.mapping.rename("module.*", "*")]
+    assert jp.incompatible_keys(net, state).unexpected_keys == list(state)  # unmapped
+    assert _assert_agrees_with_load(net, state, mapping) == (["embed"], [])
+
+
+def test_incompatible_keys_agrees_with_load_through_a_state_view():
+    from jparam import nn
+
+    model = nn.Sequential(nn.Stacked(lambda k: nn.Linear(2, 2, key=k), 3, key=jax.random.key(0)))
+    state = _plus_one(model)
+    assert "0.1.weight" in state  # saved under per-layer names
+    del state["0.1.weight"]
+    state["0.3.weight"] = np.ones((2, 2), np.float32)
+    assert _assert_agrees_with_load(model, state) == (["0.1.weight"], ["0.3.weight"])
+
+
+def test_incompatible_keys_agrees_with_load_under_pytorch_parametrization_names():
+    from jparam import nn
+
+    model = jp.parametrize(
+        nn.Linear(3, 2, key=jax.random.key(0)), "weight", jp.parametrizations.weight_norm()
+    )
+    ours = _plus_one(model)
+    g, v = (name for name in ours if name.startswith("weight."))
+    state = {"parametrizations.weight.original1": ours[v], "bias": ours["bias"], "x": np.ones(1)}
+    assert _assert_agrees_with_load(model, state) == ([g], ["x"])
+
+
+def test_incompatible_keys_match_torch_non_strict_load():
+    torch = pytest.importorskip("torch")
+    theirs = torch_net()
+    base = theirs.state_dict()
+    cases = [
+        ["head.bias", "blocks.0.fc.weight", "blocks.1.norm.num_batches_tracked", "embed"],
+        [],
+    ]
+    extras = [["extra"], ["blocks.0.bogus", "head.extra", "zzz"]]
+    for gone, extra in zip(cases, extras):
+        state = {k: v.clone() for k, v in base.items() if k not in gone}
+        state.update({k: torch.ones(1) for k in extra})
+        result = theirs.load_state_dict(state, strict=False)
+        keys = jp.incompatible_keys(Net(), state)
+        assert keys.missing_keys == result.missing_keys  # in the same order
+        assert sorted(keys.missing_keys) == sorted(gone)
+        assert sorted(keys.unexpected_keys) == sorted(result.unexpected_keys) == sorted(extra)
 
 
 def test_non_strict_still_raises_on_shape_and_kind_mismatch():

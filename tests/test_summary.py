@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 import jparam as jp
-from jparam.summary import Summary
+from jparam.display import Summary
 
 
 class Lin(jp.Module):

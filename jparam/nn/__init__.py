@@ -64,7 +64,7 @@ from .containers import (
     takes_key,
 )
 from .conv import Conv1d, Conv2d, Conv3d, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
-from .dropout import Dropout, dropout
+from .dropout_layer import Dropout, dropout
 from .embedding import Embedding, EmbeddingBag
 from .linear import Bilinear, Linear
 from .mlp import MLP

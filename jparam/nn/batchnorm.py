@@ -21,7 +21,7 @@ them in place. Instead:
       assert int(model[1].num_batches_tracked.value) == 1
 
   Called in training mode outside `nn.stateful_call`, it raises instead of dropping the update.
-- ``bn.forward_train(x) -> (y, new_bn)`` is the same step for one layer, with no context.
+- ``y, bn = nn.stateful_call(bn, x)`` is the same step for one layer on its own.
 
 The running variance is updated with the unbiased batch variance while the batch is normalised
 with the biased one, exactly as PyTorch does; ``momentum=None`` gives the cumulative average.
@@ -120,7 +120,7 @@ class _BatchNorm(Module):
     def _out(self, y: jax.Array, x: jax.Array) -> jax.Array:
         return affine(y, self.weight, self.bias, self._param_shape(x)).astype(x.dtype)
 
-    def forward_train(self, x: jax.Array) -> tuple[jax.Array, _BatchNorm]:
+    def _forward_train(self, x: jax.Array) -> tuple[jax.Array, _BatchNorm]:
         """Normalises with batch statistics and returns ``(y, bn_with_updated_statistics)``.
 
         Without running statistics (``track_running_stats=False``) the layer is returned as is.
@@ -161,9 +161,9 @@ class _BatchNorm(Module):
         See the module docstring: the update reaches you through `nn.stateful_call`.
         """
         if self.training and self.track_running_stats:
-            return update_state(self, lambda bn: bn.forward_train(x))
+            return update_state(self, lambda bn: bn._forward_train(x))
         if not self.track_running_stats:  # batch statistics in both modes, as in PyTorch
-            return self.forward_train(x)[0]
+            return self._forward_train(x)[0]
         x = self._check(x)
         shape = self._param_shape(x)
         xc = x.astype(compute_dtype(x.dtype))
@@ -240,7 +240,7 @@ class _InstanceNorm(_BatchNorm):
     def _param_shape(self, x: jax.Array) -> tuple[int, ...]:
         return (-1,) + (1,) * self._spatial
 
-    def forward_train(self, x: jax.Array) -> tuple[jax.Array, _InstanceNorm]:
+    def _forward_train(self, x: jax.Array) -> tuple[jax.Array, _InstanceNorm]:
         """Normalises with each instance's statistics; returns ``(y, layer_with_new_stats)``.
 
         Without running statistics (``track_running_stats=False``) the layer is returned as is.

@@ -232,7 +232,7 @@ class Embedding(Module):
         options = (padding_idx, max_norm, norm_type, scale_grad_by_freq, sparse)
         return cls(num, dim, *options, _weight=weight, _freeze=freeze)
 
-    def forward_train(self, ids: jax.Array) -> tuple[jax.Array, Embedding]:
+    def _forward_train(self, ids: jax.Array) -> tuple[jax.Array, Embedding]:
         """``(rows, layer)``: with ``max_norm``, the layer holds the rescaled rows (PyTorch's
         in-place update); otherwise it is returned as is."""
         ids = _check_ids(self, ids, self.num_embeddings)
@@ -245,8 +245,8 @@ class Embedding(Module):
     def __call__(self, ids: jax.Array) -> jax.Array:
         """The rows of ``ids``: shape ``ids.shape + (embedding_dim,)``."""
         if self.training and self.max_norm is not None:
-            return update_state(self, lambda m: m.forward_train(ids))
-        return self.forward_train(ids)[0]
+            return update_state(self, lambda m: m._forward_train(ids))
+        return self._forward_train(ids)[0]
 
 
 def _check_offsets(layer: EmbeddingBag, offsets: Any, length: int) -> jax.Array:
@@ -422,7 +422,7 @@ class EmbeddingBag(Module):
             )
         return weights.ravel()
 
-    def forward_train(
+    def _forward_train(
         self, input: jax.Array, offsets: Any = None, per_sample_weights: Any = None
     ) -> tuple[jax.Array, EmbeddingBag]:
         """``(bags, layer)``: with ``max_norm``, the layer holds the rescaled rows (PyTorch's
@@ -444,5 +444,7 @@ class EmbeddingBag(Module):
     ) -> jax.Array:
         """One row per bag: ``(B, embedding_dim)``."""
         if self.training and self.max_norm is not None:
-            return update_state(self, lambda m: m.forward_train(input, offsets, per_sample_weights))
-        return self.forward_train(input, offsets, per_sample_weights)[0]
+            return update_state(
+                self, lambda m: m._forward_train(input, offsets, per_sample_weights)
+            )
+        return self._forward_train(input, offsets, per_sample_weights)[0]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._utils import compute_dtype
-from .dropout import dropout as apply_dropout
+from .dropout_layer import dropout as apply_dropout
 
 __all__ = ["scaled_dot_product_attention"]
 

@@ -12,7 +12,7 @@ from ..module import Module, field
 from ._utils import require_key
 from .activation import ReLU
 from .containers import Sequential
-from .dropout import Dropout
+from .dropout_layer import Dropout
 from .linear import Linear
 
 __all__ = ["MLP"]

@@ -33,7 +33,7 @@ from ._utils import (
     require_key,
     shape_error,
 )
-from .dropout import dropout as _dropout
+from .dropout_layer import dropout as _dropout
 
 __all__ = ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]
 

@@ -1,68 +1,12 @@
 """`Stacked`: N identical layers stored as one module and run with ``jax.lax.scan``.
 
-An unrolled list of 48 transformer blocks makes XLA compile 48 copies of the block; `Stacked`
-keeps one copy of the block whose arrays carry a leading layer axis ``[N, ...]`` and scans over
-it, so compile time stays flat as depth grows (at some runtime cost: offer it, do not force it)::
-
-    class Block(jp.Module):                   # x -> x, same shape and dtype
-        fc: nn.Linear
-
-        def __init__(self, dim, *, key):
-            self.fc = nn.Linear(dim, dim, key=key)
-
-        def __call__(self, x):
-            return x + jax.nn.gelu(self.fc(x))
-
-    key, keys, x = jax.random.key(0), jax.random.split(jax.random.key(1), 24), jnp.ones((2, 8))
-
-    blocks = nn.Stacked(lambda k: Block(8, key=k), 24, key=key)           # vmap'd init
-    blocks = nn.Stacked.from_layers([Block(8, key=k) for k in keys])     # or stack existing ones
-    y = blocks(x)                             # layer 0, 1, ..., 23 in order, one compiled body
-    assert blocks.layers.fc.weight.shape == (24, 8, 8) and y.shape == x.shape
-
-Names are two-faced on purpose. `named_parameters`, `jp.split`, gradients and optimizers see the
-stacked arrays (``blocks.layers.attn.in_proj_weight``, shape ``[24, 192, 64]``): a few large
-arrays are what makes a jitted step cheap. `state_dict`, `load_state_dict`, `jp.save`/`jp.load`
-and `summary` see PyTorch's per-layer names (``blocks.0.attn.in_proj_weight``), the keys an
-``nn.ModuleList`` of the same blocks has, so PyTorch checkpoints load as they are.
-
-Per-layer freezing: fine-tuning the top N layers. ``freeze``/``unfreeze`` also take per-layer
-names, so single layers of a stack freeze as they would unrolled::
-
-    from collections import OrderedDict
-
-    def block(key):
-        k1, k2 = jax.random.split(key)
-        return nn.ModuleDict({"attn": nn.Linear(8, 8, key=k1), "mlp": nn.Linear(8, 8, key=k2)})
-
-    model = nn.ModuleDict(OrderedDict(blocks=nn.Stacked(block, 24, key=jax.random.key(0)),
-                                      head=nn.Linear(8, 2, key=jax.random.key(1))))
-
-    model = model.freeze().unfreeze("blocks.2[0-3]", "head")   # train layers 20-23 and the head
-    model = model.freeze("blocks.[0-5]")                        # or freeze the bottom six
-    model = model.freeze("blocks.0.attn")                       # one sub-module of one layer
-    flags = model["blocks"].layers["mlp"].weight.metadata["layer_trainable"]
-    assert flags == (False,) * 20 + (True,) * 4
-
-A stacked Parameter with some layers frozen stays trainable (it is one array) and carries the
-per-layer flags as ``layer_trainable`` metadata, e.g. ``(False, False, True, True)``:
-
-- `Stacked.__call__` applies ``jax.lax.stop_gradient`` to the frozen layers' rows, so they get
-  exactly zero gradient under ``jax.grad``, ``jax.vmap``, remat and ``jax.jit`` alike;
-- `jp.Optimizer` keeps those rows bit-identical (weight decay and momentum would move them).
-  Raw optax on ``jp.split(model, jp.trainable)`` does not know the rows: chain the update
-  through ``jp.Optimizer``. Optimizer state still covers the whole array, frozen rows included;
-- `named_parameters` lists the whole stacked array as trainable; ``num_parameters(
-  trainable_only=True)`` counts only the trainable layers' rows, as the unrolled model would;
-- `state_dict(keep_vars=True)`, ``stacked[i]`` and `unstack` give each layer its own flag,
-  and `from_layers` / `load_state_dict` stack layers that differ only in flags this way;
-- freezing all layers, or none, gives the plain flag (no ``layer_trainable`` entry): a fully
-  frozen stack has no gradient and no optimizer state, as any frozen Parameter.
-
-`jp.optim.mask` / ``labels`` / ``weight_decay_mask`` accept per-layer names, but an optax mask
-covers a whole array: one that splits a stack's trainable layers raises, naming the layers;
-``jp.optim.scale_by_name`` scales updates per layer. `jp.stats` and the NaN/Inf guard report
-per-layer names (``blocks.3.attn.in_proj_weight``), in `state_dict` order.
+An unrolled list of N blocks makes XLA compile N copies of the block; `Stacked` keeps one copy
+whose arrays carry a leading layer axis ``[N, ...]`` and scans over it, so compile time stays
+flat as depth grows. Parameters, gradients and optimizers see the stacked arrays
+(``blocks.layers.fc.weight``); `state_dict`, checkpoints and `summary` see PyTorch's per-layer
+names (``blocks.0.fc.weight``). Single layers freeze by their per-layer names; a partly frozen
+stacked Parameter carries its per-layer flags as ``layer_trainable`` metadata. The guide is
+``docs/guides/stacked-layers.md``.
 """
 
 from __future__ import annotations
@@ -78,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ..filters import layer_meta, row_mask
 from ..module import Module, field
-from ..parameter import Parameter, _intern_meta, _Variable, dtype_shape, rebuild_variable
+from ..parameter import Parameter, Variable, dtype_shape, intern_aux, rebuild_variable
 from ..paths import is_variable, path_name, walk
 from ..sharding import stacked_axes
 from ..stateful import stateful_call, update_state
@@ -91,13 +35,13 @@ Remat = bool | Callable[..., Any]
 
 
 # -- the layer axis: arrays and metadata ----------------------------------------------------
-def _axes_meta(v: _Variable, stack: bool) -> tuple:
+def _axes_meta(v: Variable, stack: bool) -> tuple:
     """``v``'s static metadata with the layer axis prepended to (or dropped from) its ``axes``."""
-    axes = dict(v._meta[1]).get("axes")
+    axes = v.metadata.get("axes")
     new = stacked_axes(axes, stack)
     if new is axes:
-        return v._meta
-    return _intern_meta(v._meta[0], {**dict(v._meta[1]), "axes": new})
+        return v.aux
+    return intern_aux(v.aux[0], {**dict(v.aux[1]), "axes": new})
 
 
 _ALL = object()  # `_map_arrays(layers=_ALL)`: the per-layer flags of every layer at once
@@ -118,8 +62,8 @@ def _map_arrays(tree: Any, fn: Callable[[Any], Any], stack: bool | None, layers:
     index, a slice or ``_ALL``) picks those layers' trainable flags of partly frozen stacks."""
 
     def visit(x: Any) -> Any:
-        if isinstance(x, _Variable):
-            meta = x._meta if stack is None else _axes_meta(x, stack)
+        if isinstance(x, Variable):
+            meta = x.aux if stack is None else _axes_meta(x, stack)
             meta = meta if layers is None else _layers_meta(meta, layers)
             return rebuild_variable(type(x), meta, fn(x.value))
         return fn(x)
@@ -139,7 +83,7 @@ def _stop_frozen_rows(tree: Any) -> Any:
         if mask is None or not isinstance(v, jax.core.Tracer):
             return x
         rows = jnp.asarray(mask).reshape(mask.shape + (1,) * (v.ndim - mask.ndim))
-        return rebuild_variable(type(x), x._meta, jnp.where(rows, v, jax.lax.stop_gradient(v)))
+        return rebuild_variable(type(x), x.aux, jnp.where(rows, v, jax.lax.stop_gradient(v)))
 
     return tree_util.tree_map(visit, tree, is_leaf=is_variable)
 
@@ -193,16 +137,16 @@ def _signature(layer: Module) -> dict[str, tuple[str, Any]]:
             out.setdefault(name, (type(node).__name__, _describe_array(node)))
     flat, _ = tree_util.tree_flatten_with_path(layer, is_leaf=is_variable)
     for path, leaf in flat:
-        if not isinstance(leaf, _Variable):
+        if not isinstance(leaf, Variable):
             out.setdefault(path_name(path), ("array", _describe_array(leaf)))
     return out
 
 
 def _describe_array(x: Any) -> str:
-    value = x.value if isinstance(x, _Variable) else x
+    value = x.value if isinstance(x, Variable) else x
     text = f"shape {tuple(np.shape(value))} dtype {jnp.dtype(value.dtype)}"
-    if isinstance(x, _Variable):
-        text += "".join(f" {k}={v!r}" for k, v in x._meta[1])
+    if isinstance(x, Variable):
+        text += "".join(f" {k}={v!r}" for k, v in x.aux[1])
     return text
 
 
@@ -247,7 +191,7 @@ def _without_flags(layer: Module) -> tuple[Module, list[np.ndarray | None]]:
             mask = row_mask(leaf)
             flags.append(np.asarray(leaf.trainable) if mask is None else mask)
             leaves[j] = rebuild_variable(
-                type(leaf), layer_meta(leaf._meta, np.asarray(True)), leaf.value
+                type(leaf), layer_meta(leaf.aux, np.asarray(True)), leaf.value
             )
         else:
             flags.append(None)
@@ -263,7 +207,7 @@ def _with_flags(template: Module, flags: list[list[np.ndarray | None]]) -> Modul
             assert len(per_layer) == len(flags)  # a Parameter has flags in every layer
             inner = next((np.shape(f) for f in per_layer if np.ndim(f)), ())
             mask = np.stack([np.broadcast_to(f, inner) for f in per_layer])
-            leaves[j] = rebuild_variable(type(leaf), layer_meta(leaf._meta, mask), leaf.value)
+            leaves[j] = rebuild_variable(type(leaf), layer_meta(leaf.aux, mask), leaf.value)
     return tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -353,7 +297,7 @@ class Stacked(Module):
     (``layers.weight``); `state_dict`, `load_state_dict`, `jp.save`/`jp.load` and `summary` use
     per-layer PyTorch names (``0.weight``, ``1.weight``, ...), as for an ``nn.ModuleList``.
     Freeze a stacked parameter by glob (``model.freeze("blocks.*.attn")``) or single layers by
-    their per-layer names (see "Per-layer freezing" in the module docstring). Example::
+    their per-layer names (see ``docs/guides/stacked-layers.md``). Example::
 
         blocks = nn.Stacked(lambda k: nn.Linear(8, 8, key=k), 24, key=jax.random.key(0))
         y = jax.jit(lambda m, x: m(x))(blocks, jnp.ones((2, 8)))

@@ -20,7 +20,7 @@ from ..parameter import Parameter
 from ._utils import check_int, check_probability, describe, require_key
 from .attention import MultiheadAttention
 from .containers import ModuleList
-from .dropout import Dropout
+from .dropout_layer import Dropout
 from .linear import Linear
 from .normalization import LayerNorm
 

@@ -32,13 +32,13 @@ from jparam import nn
 rename = jp.mapping.rename
 MAPPING = jp.Mapping(
     [
-        rename("*.block.*.layer.0.SelfAttention.**", "*.blocks.*.self_attn.**"),
+        rename("*.block.*.layer.0.SelfAttention.*", "*.blocks.*.self_attn.*"),
         rename("*.block.*.layer.0.layer_norm.*", "*.blocks.*.self_attn_norm.*"),
-        rename("decoder.block.*.layer.1.EncDecAttention.**", "decoder.blocks.*.cross_attn.**"),
+        rename("decoder.block.*.layer.1.EncDecAttention.*", "decoder.blocks.*.cross_attn.*"),
         rename("decoder.block.*.layer.1.layer_norm.*", "decoder.blocks.*.cross_attn_norm.*"),
-        rename("encoder.block.*.layer.1.DenseReluDense.**", "encoder.blocks.*.ff.**"),
+        rename("encoder.block.*.layer.1.DenseReluDense.*", "encoder.blocks.*.ff.*"),
         rename("encoder.block.*.layer.1.layer_norm.*", "encoder.blocks.*.ff_norm.*"),
-        rename("decoder.block.*.layer.2.DenseReluDense.**", "decoder.blocks.*.ff.**"),
+        rename("decoder.block.*.layer.2.DenseReluDense.*", "decoder.blocks.*.ff.*"),
         rename("decoder.block.*.layer.2.layer_norm.*", "decoder.blocks.*.ff_norm.*"),
     ]
 )

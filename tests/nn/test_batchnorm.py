@@ -84,15 +84,20 @@ def test_batchnorm_buffers_names_and_dtypes():
     np.testing.assert_array_equal(bn.running_var.value, np.ones(5))
 
 
-def test_batchnorm_forward_train_returns_updated_layer():
+def test_stateful_call_on_one_layer_returns_the_updated_layer():
     bn = nn.BatchNorm1d(2, momentum=0.5)
     x = jnp.array([[0.0, 10.0], [2.0, 14.0]])
-    y, new = bn.forward_train(x)
+    y, new = nn.stateful_call(bn, x)
     np.testing.assert_allclose(y, [[-1, -1], [1, 1]], atol=1e-3)
     np.testing.assert_allclose(new.running_mean.value, [0.5, 6.0])
     np.testing.assert_allclose(new.running_var.value, [0.5 + 1.0, 0.5 + 4.0])  # unbiased
     assert int(new.num_batches_tracked.value) == 1
     assert int(bn.num_batches_tracked.value) == 0  # the original is unchanged
+
+
+def test_stateful_call_is_the_one_spelling_of_a_training_step():
+    for layer in (nn.BatchNorm2d(2), nn.InstanceNorm1d(2, track_running_stats=True)):
+        assert not hasattr(layer, "forward_train")
 
 
 def test_batchnorm_in_sequential_train_step_with_grad(torch, key):
@@ -131,9 +136,9 @@ def test_batchnorm_errors():
     ):
         bn.eval()(jnp.ones((2, 3, 4)))
     with pytest.raises(ValueError, match=r"\(N, 4\) or \(N, 4, L\), got shape \(2, 3\)"):
-        nn.BatchNorm1d(4).forward_train(jnp.ones((2, 3)))
+        nn.stateful_call(nn.BatchNorm1d(4), jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        nn.BatchNorm1d(4).forward_train(jnp.ones((1, 4)))
+        nn.stateful_call(nn.BatchNorm1d(4), jnp.ones((1, 4)))
 
 
 def test_batchnorm3d_training_steps_then_eval_match_torch(torch):

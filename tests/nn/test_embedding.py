@@ -126,6 +126,11 @@ def test_max_norm_in_eval_mode_rescales_output_only(torch, key):
         jm(ids)  # training mode: the weight update must have somewhere to go
 
 
+def test_stateful_call_is_the_one_spelling_of_a_training_step(key):
+    for layer in (nn.Embedding(4, 2, key=key), nn.EmbeddingBag(4, 2, key=key)):
+        assert not hasattr(layer, "forward_train")
+
+
 def test_scale_grad_by_freq_matches_torch_under_jit(torch, key):
     tm, jm = _torch_and_ours(torch, key, scale_grad_by_freq=True, padding_idx=0)
     ids = np.array([[5, 5, 5, 2], [0, 0, 2, 9]])

@@ -373,8 +373,9 @@ def test_non_strict_load_keeps_the_layers_it_was_not_given(key):
     _, other = _pair(jax.random.key(3))
     state = dict(other.state_dict())
     del state["blocks.2.fc.weight"]
-    loaded, incompatible = stacked.load_state_dict(state, strict=False)
+    incompatible = jp.incompatible_keys(stacked, state)  # through the per-layer state view
     assert incompatible.missing_keys == ["blocks.2.fc.weight"] and not incompatible.unexpected_keys
+    loaded = stacked.load_state_dict(state, strict=False)
     w = loaded.blocks.layers.fc.weight.value
     chex.assert_trees_all_equal(w[2], stacked.blocks.layers.fc.weight.value[2])
     chex.assert_trees_all_equal(w[1], other.blocks.layers.fc.weight.value[1])

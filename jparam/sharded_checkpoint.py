@@ -1,52 +1,9 @@
 """Sharded checkpoints for large models: ``jp.save_sharded`` / ``jp.load_sharded`` via orbax.
 
-`jp.save` gathers every array onto one host and writes one safetensors file; that is what a
-PyTorch user wants to exchange, and what a model sharded over a pod cannot afford. These two
-functions write and read the same ``state_dict`` names through `orbax-checkpoint
-<https://orbax.readthedocs.io>`_ instead: each device's shard is written where it lives, and
-restoring reads each shard straight onto the device that owns it in the *target* sharding,
-which may differ from the one the checkpoint was saved with (another mesh shape, another axis,
-fully replicated)::
-
-    import tempfile
-    from jax.sharding import NamedSharding, PartitionSpec as P
-
-    make_model = lambda: nn.Linear(4, 8, key=jax.random.key(0))
-    model, ckpt = make_model(), tempfile.mkdtemp()
-    mesh = jax.make_mesh((jax.device_count(),), ("fsdp",))    # (8,) on an 8-device host
-    mesh2 = jax.make_mesh((jax.device_count(),), ("data",))
-
-    model = model.to(NamedSharding(mesh, P("fsdp")))          # or any per-array sharding
-    jp.save_sharded(f"{ckpt}/step_1000", model)
-
-    abstract = jax.eval_shape(make_model)                      # no memory allocated
-    model = jp.load_sharded(f"{ckpt}/step_1000", abstract, shardings=NamedSharding(mesh2, P()))
-
-On disk the directory is a plain orbax PyTree checkpoint of the flat ``{name: array}`` dict,
-so ``orbax.checkpoint.StandardCheckpointer().restore(path)`` reads it without jparam.
-
-A `jp.Optimizer` saves and loads the same way (its state by name, as `Optimizer.state_dict`
-names it), and so does a plain ``{name: array}`` dict (`load_sharded` then returns a dict).
-
-Multi-host: every process must call `save_sharded` and `load_sharded` with the same
-arguments (orbax synchronises them and each host writes or reads only its own shards). This is
-unlike `jp.save_checkpoint`, which one process calls.
-
-Atomicity (orbax's, checked against orbax-checkpoint 0.12): on local and POSIX filesystems the
-checkpoint is written into ``<directory>.orbax-checkpoint-tmp``, a ``commit_success.txt`` is
-written last, and the temporary directory is then renamed to ``<directory>``; a crash mid-save
-leaves no ``<directory>`` at all (the stale temporary directory is removed by the next save),
-and `load_sharded` refuses an unfinished one. On GCS orbax writes in place and marks
-completion with ``commit_success.txt`` instead of a rename. orbax's own ``force=True`` deletes
-the old checkpoint *before* writing the new one; ``overwrite=True`` here instead writes the new
-checkpoint beside the old one (``.NAME.jparam-new``) and swaps them only once it is complete: the
-old one is renamed to ``.NAME.jparam-old``, the new one into place, and the old one to
-``.NAME.jparam-trash`` before it is deleted. A crash between the two renames leaves no
-``NAME``: `load_sharded` then reads ``.NAME.jparam-old``, and the next `save_sharded` of
-``NAME`` renames it back first. The next save also removes a stale ``.NAME.jparam-new`` and
-trash.
-
-orbax-checkpoint is optional: ``pip install orbax-checkpoint`` (or the ``jparam[orbax]`` extra).
+Unlike `jp.save`, which gathers every array onto one host, each device writes and reads its own
+shards of the same ``state_dict`` names, and a checkpoint restores into another sharding than
+it was saved with. The guide (docs/guides/sharded-checkpoints.md) shows a whole example and
+describes multi-host use, the on-disk format and what a crash mid-save leaves.
 """
 
 from __future__ import annotations
@@ -195,8 +152,8 @@ def save_sharded(directory: PathLike, tree: Any, *, overwrite: bool = False) -> 
     ``directory`` must not exist yet (an empty directory is accepted). An existing checkpoint
     raises `FileExistsError` unless ``overwrite=True``; the new checkpoint is then written next
     to the old one (``.NAME.jparam-new``) and swapped in by two renames only when complete, so
-    a failed or killed save keeps the old one loadable (see the module docstring). Only a
-    directory that holds an orbax checkpoint is ever replaced.
+    a failed or killed save keeps the old one loadable (docs/guides/sharded-checkpoints.md says
+    what each crash leaves). Only a directory that holds an orbax checkpoint is ever replaced.
 
     Every process of a multi-host job must call this with the same arguments. Example::
 
@@ -348,8 +305,7 @@ def _put_back(like: Any, values: dict[str, Any]) -> Any:
         return like.load_state_dict(values, strict=False)
     if is_plain_arrays(like):
         return {**like, **values}
-    new, _ = load_state_dict(like, values, strict=False)
-    return new
+    return load_state_dict(like, values, strict=False)
 
 
 def _existing(path: Any) -> Any:

@@ -1,67 +1,27 @@
-"""Constraints on parameters: reparametrizations (the model sees ``f(raw)``) and projections.
+"""Parametrizations: the model sees ``f(raw)`` while optimizers train the raw value.
 
-Two kinds, as in PyTorch practice:
-
-- **Reparametrization** (PyTorch's ``torch.nn.utils.parametrize``): ``jp.parametrize`` puts a
-  `Parametrized` node where a Parameter was. It holds the raw Parameter(s) and a
-  `Parametrization` (a small `jp.Module`, possibly with Buffers), and behaves like the array
-  ``f(raw)``: layers read ``.value`` (or use it in ``@``, ``+``, ``jnp`` functions) and get the
-  constrained weight; gradients flow to the raw values, which are what ``named_parameters``,
-  ``jp.split``, optimizers, ``freeze`` and ``state_dict`` see (``fc.weight.original``;
-  ``fc.weight.original.0``/``.1`` for weight norm's ``g``/``v``; buffers such as spectral
-  norm's ``fc.weight.parametrization.u``). A model without parametrizations pays nothing: this
-  file touches neither `Parameter` nor the Module flatten path.
-- **Projection** after an optimizer step: ``Parameter(w, project=fn)`` declares one and
-  ``jp.project(model)`` applies every declared ``fn`` (jit-compatible, pure).
-
-::
-
-    from collections import OrderedDict
-
-    fc, head = nn.Linear(4, 4, key=jax.random.key(0)), nn.Linear(4, 2, key=jax.random.key(1))
-    model = nn.Sequential(OrderedDict(fc=fc, relu=nn.ReLU(), head=head))
-    loss_fn = lambda model, x, y: jnp.mean((model(x) - y) ** 2)
-    x, y = jnp.ones((8, 4)), jnp.zeros((8, 2))
-
-    model = jp.parametrize(model, "fc.weight", jp.constraints.orthogonal())
-    model = jp.parametrize(model, "head.weight", jp.constraints.weight_norm())
-    w = jp.Parameter(jnp.ones((4, 3)), project=jp.constraints.nonnegative())
-    opt = jp.Optimizer(optax.sgd(1e-3), model)
-
-    @jax.jit
-    def train_step(model, opt, x, y):
-        loss, grads = jp.value_and_grad(loss_fn)(model, x, y)
-        model, opt = opt.update(model, grads)
-        return jp.project(model), opt, loss          # projections after the step
-
-    model, opt, loss = train_step(model, opt, x, y)
-    torch_sd = jp.constraints.remove(model).state_dict()   # effective weights, PyTorch's names
-    assert list(torch_sd) == ["fc.weight", "fc.bias", "head.weight", "head.bias"]
-
-Registering keeps the weight where it can: the raw values come from the parametrization's
-``right_inverse`` (softplus⁻¹ for `positive`, ``g = ‖v‖`` for `weight_norm`, a QR base for
-`orthogonal`), so ``f(raw)`` equals the old weight whenever it already met the constraint.
-
-Spectral norm updates its power-iteration vectors while the model trains, like BatchNorm's
-running statistics: in training mode run the model through ``nn.stateful_call`` (which returns
-the model with the new vectors); in evaluation mode the stored vectors are used as they are.
+PyTorch's ``torch.nn.utils.parametrize`` and ``torch.nn.utils.parametrizations``:
+`jp.parametrize` puts a `Parametrized` node where a Parameter was, array-like, holding the raw
+Parameter(s) and a `Parametrization` (a `jp.Module`, possibly with Buffers);
+`jp.remove_parametrizations` bakes ``f(raw)`` back into a plain Parameter. A model without
+parametrizations pays nothing: nothing here touches `Parameter` or the Module flatten path.
+The guide is docs/guides/parametrizations.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.scipy.linalg import expm
 
 from .module import Module, field
 from .parameter import ArrayNode, Buffer, Parameter, dtype_shape
-from .paths import get_at, map_variables, named_parameters, update_at, walk
+from .paths import get_at, named_parameters, update_at, walk
+from .projections import as_axes, check_axes, need_matrix, unit_normalize, with_context
 from .sharding import axes_for_shape
 from .stateful import update_state
 from .surgery import selected_names
@@ -69,24 +29,14 @@ from .surgery import selected_names
 __all__ = [
     "Parametrization",
     "Parametrized",
-    "clip",
-    "nonnegative",
-    "normalize",
     "orthogonal",
-    "orthogonalize",
-    "parametrize",
     "positive",
-    "project",
-    "remove",
     "spectral_norm",
     "unit_norm",
     "weight_norm",
 ]
 
 T = TypeVar("T")
-
-
-# -- reparametrization --------------------------------------------------------------------------
 
 
 class Parametrization(Module):
@@ -97,7 +47,7 @@ class Parametrization(Module):
     (default: ``weight`` itself; a tuple means several raw Parameters, as in PyTorch), and
     ``setup(weight)`` returns a copy with any Buffers sized for ``weight``::
 
-        class Symmetric(jp.constraints.Parametrization):
+        class Symmetric(jp.parametrizations.Parametrization):
             def __call__(self, x):
                 return jnp.triu(x) + jnp.triu(x, 1).T
 
@@ -170,20 +120,8 @@ class Parametrized(Module, ArrayNode):
         return math.prod(self.shape)
 
 
-def _with_context(e: Exception, where: str) -> Exception:
-    # The base class, not type(e): some subclasses (JAX's) take other constructor arguments.
-    return (ValueError if isinstance(e, ValueError) else TypeError)(f"{where}: {e}")
-
-
 def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer) and not isinstance(x, jax.ShapeDtypeStruct)
-
-
-def _need_matrix(what: str, weight: Any) -> None:
-    if jnp.ndim(weight) < 2:
-        raise ValueError(
-            f"{what} needs a matrix or a batch of matrices (ndim >= 2), got {dtype_shape(weight)}"
-        )
 
 
 def _need_float(what: str, weight: Any) -> None:
@@ -221,7 +159,7 @@ class _Orthogonal(Parametrization):
         return (jnp.swapaxes(q, -1, -2) if wide else q).astype(dtype)
 
     def setup(self, weight: jax.Array) -> _Orthogonal:
-        _need_matrix("orthogonal()", weight)
+        need_matrix("orthogonal()", weight)
         _need_float("orthogonal()", weight)
         tall, _ = _tall(weight.astype(jnp.promote_types(weight.dtype, jnp.float32)))
         k = tall.shape[-1]
@@ -281,37 +219,16 @@ def positive(kind: str = "softplus") -> Parametrization:
     return _Positive(kind=kind)
 
 
-def _axes(axis: int | Sequence[int]) -> tuple[int, ...]:
-    if isinstance(axis, (int, np.integer)) and not isinstance(axis, bool):
-        return (int(axis),)
-    if isinstance(axis, Sequence) and all(
-        isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axis
-    ):
-        return tuple(int(a) for a in axis)
-    raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}")
-
-
-def _check_axes(what: str, axes: tuple[int, ...], x: Any) -> None:
-    ndim = jnp.ndim(x)
-    if not all(-ndim <= a < ndim for a in axes):
-        raise ValueError(f"{what}: axis {axes} is out of range for {dtype_shape(x)}")
-
-
-def _normalize(x: jax.Array, axes: tuple[int, ...], eps: float) -> jax.Array:
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axes, keepdims=True))
-    return x / jnp.maximum(norm, eps)
-
-
 class _UnitNorm(Parametrization):
     axis: tuple[int, ...] = field(static=True)
     eps: float = field(static=True)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _normalize(x, self.axis, self.eps)
+        return unit_normalize(x, self.axis, self.eps)
 
     def setup(self, weight: jax.Array) -> _UnitNorm:
         _need_float("unit_norm()", weight)
-        _check_axes("unit_norm()", self.axis, weight)
+        check_axes("unit_norm()", self.axis, weight)
         return self
 
 
@@ -321,7 +238,7 @@ def unit_norm(axis: int | Sequence[int] = -1, eps: float = 1e-12) -> Parametriza
     ``axis=(1, 2, 3)`` normalises each output filter of a ``Conv2d`` weight. The raw value
     starts as the weight itself.
     """
-    return _UnitNorm(axis=_axes(axis), eps=float(eps))
+    return _UnitNorm(axis=as_axes(axis), eps=float(eps))
 
 
 class _WeightNorm(Parametrization):
@@ -379,8 +296,8 @@ class _SpectralNorm(Parametrization):
     def _power(self, mat: jax.Array, u: jax.Array, v: jax.Array, n: int) -> tuple:
         mat = jax.lax.stop_gradient(mat)  # the vectors are state, not part of the gradient
         for _ in range(n):
-            u = _normalize(mat @ v, (0,), self.eps)
-            v = _normalize(mat.T @ u, (0,), self.eps)
+            u = unit_normalize(mat @ v, (0,), self.eps)
+            v = unit_normalize(mat.T @ u, (0,), self.eps)
         return u, v
 
     def _scaled(self, w: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
@@ -388,7 +305,7 @@ class _SpectralNorm(Parametrization):
 
     def __call__(self, w: jax.Array) -> jax.Array:
         if w.ndim == 1:
-            return _normalize(w, (0,), self.eps)
+            return unit_normalize(w, (0,), self.eps)
         if not self.training:
             assert self.u is not None and self.v is not None  # set by setup()
             return self._scaled(w, self.u.value, self.v.value)
@@ -416,8 +333,8 @@ class _SpectralNorm(Parametrization):
             )
         mat = self._matrix(weight)
         ku, kv = jax.random.split(self.key)
-        u = _normalize(jax.random.normal(ku, mat.shape[:1], mat.dtype), (0,), self.eps)
-        v = _normalize(jax.random.normal(kv, mat.shape[1:], mat.dtype), (0,), self.eps)
+        u = unit_normalize(jax.random.normal(ku, mat.shape[:1], mat.dtype), (0,), self.eps)
+        v = unit_normalize(jax.random.normal(kv, mat.shape[1:], mat.dtype), (0,), self.eps)
         u, v = self._power(mat, u, v, 15)  # start near the top singular pair, as PyTorch does
         return self.replace(u=Buffer(u), v=Buffer(v), key=None)
 
@@ -459,8 +376,8 @@ def _as_parametrization(constraint: Any) -> Parametrization:
     if callable(constraint) and not isinstance(constraint, (Module, type)):
         return _Function(fn=constraint)
     raise TypeError(
-        "parametrize expects a jp.constraints.Parametrization (e.g. "
-        "jp.constraints.orthogonal()) or a function raw -> weight, got "
+        "parametrize expects a jp.parametrizations.Parametrization (e.g. "
+        "jp.parametrizations.orthogonal()) or a function raw -> weight, got "
         f"{type(constraint).__name__} {constraint!r:.60}"
     )
 
@@ -515,7 +432,7 @@ def _wrap(node: Any, constraint: Parametrization, name: str, mode: bool) -> Para
             make = lambda r: Parameter(r, trainable=node.trainable, **_raw_meta(node, r))
             original = tuple(map(make, raw)) if isinstance(raw, tuple) else make(raw)
     except (TypeError, ValueError) as e:
-        raise _with_context(e, where) from None
+        raise with_context(e, where) from None
     out = Parametrized(original, p).train(mode)
     got = out._abstract()
     if got.shape != weight.shape or got.dtype != weight.dtype:
@@ -538,7 +455,7 @@ def parametrize(target: Any, *args: Any) -> Any:
     and metadata. Parametrizing a parametrized weight composes the maps::
 
         model = nn.Sequential(nn.Linear(4, 4, key=jax.random.key(0)))
-        model = jp.parametrize(model, "0.weight", jp.constraints.orthogonal())
+        model = jp.parametrize(model, "0.weight", jp.parametrizations.orthogonal())
         names = [n for n, _ in model.named_parameters()]
         assert names == ["0.bias", "0.weight.original"]   # as PyTorch lists them
     """
@@ -572,29 +489,31 @@ def _removed(node: Parametrized, name: str, leave_parametrized: bool) -> Paramet
         return _removed(o, name, False)
     if not isinstance(o, Parameter):
         raise ValueError(
-            f"remove({name!r}, leave_parametrized=False): the weight has {len(o)} raw "
-            "Parameters; only a single one can take its place (use leave_parametrized=True)"
+            f"remove_parametrizations({name!r}, leave_parametrized=False): the weight has "
+            f"{len(o)} raw Parameters; only a single one can take its place (use "
+            "leave_parametrized=True)"
         )
     if o.shape != node.shape or o.dtype != node.dtype:
         raise ValueError(
-            f"remove({name!r}, leave_parametrized=False): the raw value is {dtype_shape(o)}, "
-            f"the weight {dtype_shape(node)}; use leave_parametrized=True"
+            f"remove_parametrizations({name!r}, leave_parametrized=False): the raw value is "
+            f"{dtype_shape(o)}, the weight {dtype_shape(node)}; use leave_parametrized=True"
         )
     return o
 
 
-def remove(tree: T, where: Any = None, *, leave_parametrized: bool = True) -> T:
+def remove_parametrizations(tree: T, where: Any = None, *, leave_parametrized: bool = True) -> T:
     """Bakes parametrized weights into plain Parameters: PyTorch's ``remove_parametrizations``.
 
     Each `Parametrized` node at ``where`` (a name, glob or filter; all of them if ``None``)
     becomes ``Parameter(f(raw))`` with the raw Parameter's flag and metadata, computed in
-    evaluation mode (no state update). So ``remove(model).state_dict()`` has the effective
-    weights under the names a plain PyTorch model uses. ``leave_parametrized=False`` puts the
-    raw Parameter back instead (one raw of the weight's shape only)::
+    evaluation mode (no state update). So ``remove_parametrizations(model).state_dict()`` has
+    the effective weights under the names a plain PyTorch model uses.
+    ``leave_parametrized=False`` puts the raw Parameter back instead (one raw of the weight's
+    shape only)::
 
         model = jp.parametrize(nn.Linear(4, 4, key=jax.random.key(0)), "weight",
-                               jp.constraints.orthogonal())
-        state = jp.constraints.remove(model).state_dict()
+                               jp.parametrizations.orthogonal())
+        state = jp.remove_parametrizations(model).state_dict()
         assert list(state) == ["weight", "bias"]    # what torch.nn.Linear's load_state_dict takes
     """
     if where is None:
@@ -606,7 +525,8 @@ def remove(tree: T, where: Any = None, *, leave_parametrized: bool = True) -> T:
         node = get_at(tree, name) if name else tree
         if not isinstance(node, Parametrized):
             raise TypeError(
-                f"remove: {name!r} is a {type(node).__name__}, not a parametrized weight"
+                f"remove_parametrizations: {name!r} is a {type(node).__name__}, not a "
+                "parametrized weight"
             )
         new = _removed(node, name, leave_parametrized)
 
@@ -616,119 +536,3 @@ def remove(tree: T, where: Any = None, *, leave_parametrized: bool = True) -> T:
         # no name: the whole tree was one parametrized weight
         tree = cast(T, new) if not name else update_at(tree, name, put)
     return tree
-
-
-# -- projection ----------------------------------------------------------------------------------
-
-
-def project(tree: T, *, include_frozen: bool = False) -> T:
-    """Applies each trainable Parameter's ``project=`` function to its value; returns a copy.
-
-    Call it after the optimizer step, inside the jitted step or outside::
-
-        model = nn.Linear(4, 2, key=jax.random.key(0))
-        model = model.replace(weight=jp.Parameter(model.weight.value,
-                                                  project=jp.constraints.nonnegative()))
-        opt = jp.Optimizer(optax.sgd(1.0), model)
-        grads = jp.grad(lambda m: m(jnp.ones(4)).sum())(model)
-
-        model, opt = opt.update(model, grads)
-        model = jp.project(model)
-        assert (model.weight.value >= 0).all()
-
-    Frozen parameters do not move, so they are left alone unless ``include_frozen=True`` (use
-    that once to make initial values meet their constraints). The function must return an
-    array of the same shape and dtype; anything else is an error naming the parameter.
-    """
-
-    def visit(name: str, x: Any) -> Any:
-        if not isinstance(x, Parameter) or not (x.trainable or include_frozen):
-            return x
-        fn = dict(x._meta[1]).get("project")
-        if fn is None:
-            return x
-        if not callable(fn):
-            raise TypeError(f"jp.project: {name}: project={fn!r} is not a function")
-        try:
-            new = fn(x.value)
-        except (TypeError, ValueError) as e:
-            raise _with_context(e, f"jp.project: {name}") from None
-        if not hasattr(new, "shape") or tuple(new.shape) != x.shape or new.dtype != x.dtype:
-            got = dtype_shape(new) if hasattr(new, "shape") else type(new).__name__
-            raise ValueError(
-                f"jp.project: {name}: {fn!r} returned {got} for a {dtype_shape(x.value)} "
-                "parameter; a projection must keep the shape and dtype"
-            )
-        return x._with_value(new)
-
-    return map_variables(tree, visit)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Orthogonalize:
-    def __call__(self, x: jax.Array) -> jax.Array:
-        _need_matrix("orthogonalize()", x)
-        u, _, vt = jnp.linalg.svd(x, full_matrices=False)
-        return u @ vt
-
-    def __repr__(self) -> str:
-        return "orthogonalize()"
-
-
-def orthogonalize() -> Callable[[jax.Array], jax.Array]:
-    """Projection onto (semi-)orthogonal matrices: the polar factor ``U Vᵀ`` of ``W = U S Vᵀ``.
-
-    The nearest orthogonal matrix in Frobenius norm (rows orthonormal if wide or square,
-    columns if tall); batched over leading axes. ``Parameter(w, project=orthogonalize())``.
-    """
-    return _Orthogonalize()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Clip:
-    min: float | None
-    max: float | None
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return jnp.clip(x, self.min, self.max)
-
-    def __repr__(self) -> str:
-        return f"clip(min={self.min}, max={self.max})"
-
-
-def clip(min: float | None = None, max: float | None = None) -> Callable[[jax.Array], jax.Array]:
-    """Projection onto ``[min, max]`` (either bound may be ``None``)."""
-    for label, bound in (("min", min), ("max", max)):
-        if bound is not None and (not isinstance(bound, (int, float)) or isinstance(bound, bool)):
-            raise TypeError(f"clip({label}=...) must be a number or None, got {bound!r}")
-    if min is None and max is None:
-        raise ValueError("clip() needs min, max or both")
-    if min is not None and max is not None and min > max:
-        raise ValueError(f"clip: min={min} is greater than max={max}")
-    return _Clip(min, max)
-
-
-def nonnegative() -> Callable[[jax.Array], jax.Array]:
-    """Projection onto ``w >= 0`` (``clip(min=0)``), e.g. for non-negative factorisations."""
-    return _Clip(0, None)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Normalize:
-    axis: tuple[int, ...]
-    eps: float
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        _check_axes("normalize()", self.axis, x)
-        return _normalize(x, self.axis, self.eps)
-
-    def __repr__(self) -> str:
-        return f"normalize(axis={self.axis})"
-
-
-def normalize(axis: int | Sequence[int] = -1, eps: float = 1e-12) -> Callable[[jax.Array], Any]:
-    """Projection onto the unit sphere over ``axis``: each row of a matrix gets norm 1.
-
-    All-zero rows stay zero (they have no direction).
-    """
-    return _Normalize(_axes(axis), float(eps))

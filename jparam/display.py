@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .modulebase import ModuleBase
-from .parameter import Parameter, _Variable, dtype_shape
+from .parameter import Parameter, Variable, dtype_shape
+from .placeholder import Placeholder, resolve_placeholders
 from .state import saved_variables
-from .tying import TiedTo, resolve_entries
 
 __all__ = ["Summary", "module_repr", "summary"]
 
@@ -55,7 +55,7 @@ def _wrap(open_: str, items: list[str], close: str, indent: int) -> str:
 def _fmt(x: Any, indent: int) -> str:
     if isinstance(x, ModuleBase):
         return _module(x, indent)
-    if isinstance(x, _Variable):
+    if isinstance(x, Variable):
         return repr(x)
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         try:
@@ -179,12 +179,12 @@ def summary(tree: Any) -> Summary:
     size = 0
     # Saved names: stacked layers one by one.
     entries = saved_variables(tree, abstract=True, all_buffers=True)
-    shared = resolve_entries(entries)
+    shared = resolve_placeholders(entries)
     for name, node in entries.items():
-        if isinstance(node, TiedTo) and name in shared:  # counted once, at its source
-            var, source = shared[name], node.source_name(name) + (".T" if node.transpose else "")
-            rows.append((name, _shape(var), str(jnp.dtype(var.dtype)), f"tied to {source}", 0))
-        if not isinstance(node, _Variable) or id(node) in seen:
+        if isinstance(node, Placeholder) and name in shared:  # counted once, where it is held
+            var = shared[name]
+            rows.append((name, _shape(var), str(jnp.dtype(var.dtype)), node.describe(name), 0))
+        if not isinstance(node, Variable) or id(node) in seen:
             continue
         seen.add(id(node))
         if isinstance(node, Parameter):
