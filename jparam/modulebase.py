@@ -8,8 +8,9 @@ as it is. Fields are declared in the class body; they may be assigned inside ``_
 does not. Users subclass `jp.Module` (`jparam.module`), which adds PyTorch's methods that are
 features (state dicts, freezing, casting, summaries) on top of this class.
 
-Unflattening (what ``jax.jit`` does to every output) never runs ``__init__``: it fills the
-instance dict directly, so user code in ``__init__`` may be arbitrary.
+Unflattening never runs ``__init__``: it fills the instance dict directly, so user code in
+``__init__`` may be arbitrary. On ``jax.jit``'s C++ dispatch path a whole module is one node,
+returned as a lazy root that is built when first looked at (`jparam.fastpath`).
 
 At the end of construction one identity walk over the new module keeps PyTorch's habits honest:
 the same Parameter object (or the same layer) at two places is shared, which the class's
@@ -34,6 +35,15 @@ import numpy as np
 from jax import tree_util
 
 from . import paths as _paths
+from .fastpath import CONSTRUCTING as _CONSTRUCTING
+from .fastpath import (
+    FastNode,
+    FieldDefault,
+    instance_dict,
+    raw_dict,
+    register_module,
+    set_raw_dict,
+)
 from .parameter import Buffer, Parameter, Variable, dtype_shape
 
 __all__ = ["ModuleBase", "PlainArrayWarning", "describe", "field"]
@@ -44,8 +54,6 @@ _STATIC = "jparam_static"
 _INLINE = "jparam_inline"
 _PLAIN = "jparam_plain_arrays"
 _TRAINING = "training"
-# ids of module instances whose __init__ is running: only they accept attribute assignment.
-_CONSTRUCTING: set[int] = set()
 
 
 class PlainArrayWarning(UserWarning):
@@ -117,20 +125,23 @@ def _register(cls: type[ModuleBase]) -> None:
     )
     source = f"""
 def flatten(m):
-    d = m.__dict__
+    d = getd(m) or fields(m)
     return ({dyn}), ({stat})
 
 def flatten_with_keys(m):
-    d = m.__dict__
+    d = getd(m) or fields(m)
     return ({keyed}), ({stat})
 
 def unflatten(aux, children):
     m = new(cls)
-    m.__dict__.update({{{", ".join(put)}}})
+    setd(m, {{{", ".join(put)}}})
     return m
 """
     namespace: dict[str, Any] = {
         "new": _new,
+        "getd": raw_dict,
+        "setd": set_raw_dict,
+        "fields": instance_dict,
         "cls": cls,
         "keys": [tree_util.GetAttrKey(n) for n in dynamic],
         "SequenceKey_range": lambda n: map(tree_util.SequenceKey, range(n)),
@@ -140,11 +151,8 @@ def unflatten(aux, children):
     cls._jp_static = static[:-1]
     cls._jp_inline = inline_name
     cls._jp_plain_ok = frozenset(f.name for f in fields if f.metadata.get(_PLAIN, False))
-    tree_util.register_pytree_with_keys(
-        cls,
-        namespace["flatten_with_keys"],
-        namespace["unflatten"],
-        flatten_func=namespace["flatten"],
+    register_module(
+        cls, namespace["flatten_with_keys"], namespace["unflatten"], namespace["flatten"]
     )
 
 
@@ -168,6 +176,8 @@ class _ModuleMeta(type):
                     f"{name}.{f.name}: the field name {f.name!r} is taken by jp.Module's API; "
                     "choose another name."
                 )
+            if f.name in cls.__dict__:  # where dataclasses leaves a default: see FieldDefault
+                setattr(cls, f.name, FieldDefault(f.name, cls.__dict__[f.name]))
         _register(cls)
         return cls
 
@@ -365,7 +375,7 @@ def _check_dynamic(cls: type, name: str, value: Any) -> None:
         )
 
 
-class ModuleBase(metaclass=_ModuleMeta):
+class ModuleBase(FastNode, metaclass=_ModuleMeta):
     """The core of `jp.Module` (subclass that): an immutable dataclass pytree, its walks,
     copies and training flag. `jp.Module` documents the behaviour users see."""
 
@@ -470,8 +480,7 @@ class ModuleBase(metaclass=_ModuleMeta):
 
     def _copy_with(self: M, fields: dict[str, Any]) -> M:
         out = _new(type(self))
-        out.__dict__.update(self.__dict__)
-        out.__dict__.update(fields)
+        set_raw_dict(out, {**instance_dict(self), **fields})
         return out
 
     # -- names and walks (see jparam.paths) --------------------------------------------------

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from jax import tree_util
 
+from .fastpath import instance_dict
 from .parameter import Buffer, Parameter, Variable
 from .placeholder import Placeholder
 
@@ -100,7 +101,7 @@ def children(node: Any) -> list[tuple[str, Any]]:
 def keyed_children(node: Any) -> list[tuple[str, Any, Any]]:
     """``(name, key, child)`` for each direct child: ``key`` is its JAX key-path entry."""
     if is_module(node):
-        d = node.__dict__
+        d = instance_dict(node)
         inline = type(node)._jp_inline
         out: list[tuple[str, Any, Any]] = []
         for name in type(node)._jp_dynamic:
@@ -339,7 +340,7 @@ def map_modules(tree: Any, fn: Callable[[Any], Any]) -> Any:
 
     def rebuild(node: Any) -> Any:
         if is_module(node):
-            d = node.__dict__
+            d = instance_dict(node)
             changed = {}
             for name in type(node)._jp_dynamic:
                 new = rebuild(d[name])
