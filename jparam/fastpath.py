@@ -167,10 +167,15 @@ def materialize(m: Any) -> dict[str, Any]:
     with _LOCK:
         d = _get_dict(m)
         if not d:
-            leaves, plan, _ = flat
-            d.update(plan.build(leaves))
-            _cache(m, d, leaves, plan)
+            _build(m, flat[0], flat[1])
     return d
+
+
+def _build(m: Any, leaves: tuple, plan: Plan) -> None:
+    """Fills module ``m``'s (empty) instance dict from ``leaves``, then caches them."""
+    d = _get_dict(m)
+    d.update(plan.build(leaves))
+    _cache(m, d, leaves, plan)
 
 
 def _cache(m: Any, d: dict[str, Any], leaves: tuple, plan: Plan) -> None:
@@ -210,9 +215,7 @@ def _dispatch_unflatten(plan: Plan, leaves: tuple) -> Any:
     if plan.lazy:
         _set_flat(m, (leaves, plan, None))
     else:
-        d = _get_dict(m)
-        d.update(plan.build(leaves))
-        _cache(m, d, leaves, plan)
+        _build(m, leaves, plan)
     return m
 
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from typing import Any
 
 import chex
@@ -284,19 +285,32 @@ def test_a_module_flattened_while_it_is_built_is_not_cached():
     assert len(jax.jit(lambda m: jax.tree.leaves(m))(model)) == 2
 
 
-def test_threads_that_look_at_one_lazy_root_see_the_same_objects():
+def test_threads_that_look_at_one_lazy_root_build_it_once():
     lazy = _lazy(_mlp(depth=16))
+    plan = fastpath._flat(lazy)[1]
+    build, calls = plan.build, []
+
+    def slow_build(leaves):  # gives every other thread time to arrive mid-build
+        calls.append(1)
+        time.sleep(0.05)
+        return build(leaves)
+
     barrier, got = threading.Barrier(8), []
 
     def look():
         barrier.wait()
         got.append(lazy.layers)
 
-    threads = [threading.Thread(target=look) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    plan.build = slow_build
+    try:
+        threads = [threading.Thread(target=look) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        plan.build = build
+    assert len(calls) == 1
     assert all(g is lazy.layers for g in got)
 
 
